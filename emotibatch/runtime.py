@@ -1,0 +1,173 @@
+"""The one place that makes onnxruntime sessions.
+
+- Providers follow `device`: "cuda" asks for CUDA (TensorRT first where its libraries are present),
+  "cpu" for the CPU, "auto" for CUDA when onnxruntime-gpu can use it, else the CPU. onnxruntime falls
+  back to the CPU silently when CUDA libraries are missing, so the active providers are checked after the
+  session is made: asking for "cuda" and getting the CPU is an error that says why; "auto" logs it.
+- Threads are sized to the CPU share the caller has (a Ray actor's `num_cpus`, else the process's
+  CPU affinity), never to the whole node, so that many workers on one node do not oversubscribe it.
+- Models take uint8 NHWC pixels (`with_uint8_input`): normalisation is a table lookup inside the graph, so
+  it runs on the device on CUDA, and the upload is a quarter of a float32 one. On CUDA inputs and outputs
+  go through IO binding: one upload per batch.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import logging
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+log = logging.getLogger(__name__)
+
+Device = Literal["auto", "cpu", "cuda"]
+DEVICES = ("auto", "cpu", "cuda")
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+PIXELS = "pixels"
+
+
+def cpu_share() -> int:
+    """CPU cores this process may use: a Ray task's or actor's assigned CPUs, else its affinity set."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            assigned = ray.get_runtime_context().get_assigned_resources().get("CPU")
+            if assigned:
+                return max(1, int(assigned))
+    except ImportError:
+        pass
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def _tensorrt_present() -> bool:
+    return TENSORRT in ort.get_available_providers() and ctypes.util.find_library("nvinfer") is not None
+
+
+def cuda_available() -> bool:
+    """Whether onnxruntime-gpu is installed and its CUDA provider can load (not a guarantee of a GPU)."""
+    if CUDA not in ort.get_available_providers():
+        return False
+    if hasattr(ort, "preload_dlls"):
+        try:
+            ort.preload_dlls()
+        except Exception as exc:  # the CUDA/cuDNN wheels or system libraries are absent
+            log.debug("onnxruntime.preload_dlls failed: %s", exc)
+    return True
+
+
+def providers_for(device: Device) -> list[str]:
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "cpu" or (device == "auto" and not cuda_available()):
+        return [CPU]
+    if device == "cuda" and not cuda_available():
+        raise RuntimeError(
+            "device='cuda' but onnxruntime has no CUDA provider: install emotibatch[gpu] "
+            "(onnxruntime-gpu, never together with the CPU onnxruntime package)"
+        )
+    return ([TENSORRT] if _tensorrt_present() else []) + [CUDA, CPU]
+
+
+def with_uint8_input(model: onnx.ModelProto, lut: np.ndarray) -> onnx.ModelProto:
+    """Return `model` fed by uint8 NHWC `pixels` instead of its float NCHW input, normalised by `lut`.
+
+    `lut` [3, 256] maps each channel's byte to the float the model expects; a Gather on the flattened
+    table does it in the graph, exactly (see preprocess.normalisation_lut).
+    """
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    initializer_names = {t.name for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in initializer_names]
+    if len(inputs) != 1:
+        raise ValueError(f"expected one image input, found {[i.name for i in inputs]}")
+    original = inputs[0]
+    dims = original.type.tensor_type.shape.dim
+    if len(dims) != 4 or (dims[1].HasField("dim_value") and dims[1].dim_value != 3):
+        raise ValueError(f"expected an NCHW input with 3 channels, got {original.name} {_shape(dims)}")
+    batch, height, width = (_dim(d) for d in (dims[0], dims[2], dims[3]))
+    graph.input.remove(original)
+    graph.input.insert(0, helper.make_tensor_value_info(PIXELS, TensorProto.UINT8, [batch, height, width, 3]))
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(lut.reshape(-1).astype(np.float32), "emotibatch_lut"),
+            numpy_helper.from_array(np.array([0, 256, 512], np.int32), "emotibatch_channel_offset"),
+        ]
+    )
+    prefix = [
+        helper.make_node("Cast", [PIXELS], ["emotibatch_pixels_i32"], to=TensorProto.INT32),
+        helper.make_node("Add", ["emotibatch_pixels_i32", "emotibatch_channel_offset"], ["emotibatch_index"]),
+        helper.make_node("Gather", ["emotibatch_lut", "emotibatch_index"], ["emotibatch_nhwc"], axis=0),
+        helper.make_node("Transpose", ["emotibatch_nhwc"], [original.name], perm=[0, 3, 1, 2]),
+    ]
+    for node in reversed(prefix):
+        graph.node.insert(0, node)
+    return model
+
+
+def _dim(d: onnx.TensorShapeProto.Dimension) -> int | str | None:
+    if d.HasField("dim_value"):
+        return d.dim_value
+    return d.dim_param or None
+
+
+def _shape(dims) -> list:
+    return [_dim(d) for d in dims]
+
+
+@dataclass
+class Runner:
+    """An onnxruntime session with its device, run with IO binding on CUDA."""
+
+    session: ort.InferenceSession
+    device: Literal["cpu", "cuda"]
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self.device == "cpu":
+            return self.session.run(None, feed)
+        binding = self.session.io_binding()
+        for name, value in feed.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        for out in self.session.get_outputs():
+            binding.bind_output(out.name, "cpu")
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
+
+def make_runner(
+    model: onnx.ModelProto, *, device: Device = "auto", num_threads: int | None = None, name: str = "model"
+) -> Runner:
+    """Make a session for `model` on `device` with threads sized to the caller's CPU share."""
+    providers = providers_for(device)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = num_threads or cpu_share()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=providers)
+    active = session.get_providers()
+    wanted_gpu = providers[0] != CPU
+    on_gpu = active[0] in (CUDA, TENSORRT)
+    if wanted_gpu and not on_gpu:
+        message = (
+            f"{name}: asked for {providers[0]} but onnxruntime is running {active[0]}: the CUDA or cuDNN "
+            "libraries could not be loaded (try `python -c 'import onnxruntime; onnxruntime.preload_dlls()'` "
+            "and the CUDA version onnxruntime-gpu was built for)"
+        )
+        if device == "cuda":
+            raise RuntimeError(message)
+        log.warning("%s; running on the CPU", message)
+    log.info("%s: onnxruntime providers %s, %d threads", name, active, options.intra_op_num_threads)
+    return Runner(session, "cuda" if on_gpu else "cpu")

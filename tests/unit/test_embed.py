@@ -1,0 +1,143 @@
+"""EmotionModel against EmotiEffLib 1.1.1's own ONNX recogniser on the same model files and crops."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from emotibatch import registry, standins
+from emotibatch.embed import EmotionModel
+
+
+def diverse_crops(n: int, seed: int = 0) -> list[np.ndarray]:
+    """Crops of many sizes and colours (a stand-in model separates them by colour and texture)."""
+    rng = np.random.default_rng(seed)
+    crops = []
+    for i in range(n):
+        h, w = (224, 224) if i == 0 else (1, 1) if i == 1 else rng.integers(8, 320, 2)
+        base = rng.integers(0, 256, 3)
+        noise = rng.normal(0, rng.uniform(0, 80), (h, w, 3))
+        crops.append(np.clip(base + noise, 0, 255).astype(np.uint8))
+    return crops
+
+
+@pytest.fixture
+def reference(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """EmotiEffLib's recogniser, reading `~/.emotiefflib/<name>.onnx` from a private HOME."""
+    facial_analysis = pytest.importorskip("emotiefflib.facial_analysis")
+    monkeypatch.setenv("HOME", str(tmp_path))
+
+    def make(name: str, model: Path):
+        (tmp_path / ".emotiefflib").mkdir(exist_ok=True)
+        shutil.copy(model, tmp_path / ".emotiefflib" / f"{name}.onnx")
+        return facial_analysis.EmotiEffLibRecognizerOnnx(name)
+
+    return make
+
+
+@pytest.mark.parametrize("name", ["enet_b0_8_best_vgaf", "enet_b0_8_va_mtl"])
+def test_equals_emotiefflib(reference, model_dir: Path, name: str) -> None:
+    path = model_dir / f"{name}.onnx"
+    ref = reference(name, path)
+    ours = EmotionModel.load(str(path), device="cpu", batch_size=16)
+    crops = diverse_crops(40)
+    out = ours.predict(crops)
+    ref_features = ref.extract_features(crops)
+    ref_labels, ref_scores = ref.classify_emotions(ref_features, logits=True)
+    mtl = name.endswith("_mtl")
+    np.testing.assert_allclose(out.features, ref_features, atol=1e-4, rtol=0)
+    np.testing.assert_allclose(out.logits, ref_scores[:, :-2] if mtl else ref_scores, atol=1e-4, rtol=0)
+    assert out.labels == ref_labels
+    assert len(set(out.labels)) > 1, "crops should not all get one label, or the label check proves little"
+    _, ref_probs = ref.classify_emotions(ref_features, logits=False)
+    np.testing.assert_allclose(out.probs, ref_probs[:, :-2] if mtl else ref_probs, atol=1e-6)
+    if mtl:
+        np.testing.assert_allclose(out.valence, ref_scores[:, -2], atol=1e-4)
+        np.testing.assert_allclose(out.arousal, ref_scores[:, -1], atol=1e-4)
+    else:
+        assert out.valence is None and out.arousal is None
+    assert out.features.dtype == out.logits.dtype == out.probs.dtype == np.float32
+    assert out.classes == registry.CLASSES_8
+
+
+def test_batching_does_not_change_results(emotion_path: Path) -> None:
+    crops = diverse_crops(11, seed=3)
+    a = EmotionModel.load(str(emotion_path), device="cpu", batch_size=3).predict(crops)
+    b = EmotionModel.load(str(emotion_path), device="cpu", batch_size=64).predict(crops)
+    np.testing.assert_allclose(a.features, b.features, atol=1e-5)
+    assert a.labels == b.labels
+
+
+def test_empty_input_gives_empty_outputs_of_the_right_shapes(mtl_path: Path) -> None:
+    out = EmotionModel.load(str(mtl_path), device="cpu").predict([])
+    assert out.features.shape == (0, 1280) and out.features.dtype == np.float32
+    assert out.logits.shape == out.probs.shape == (0, 8)
+    assert out.labels == []
+    assert out.valence.shape == out.arousal.shape == (0,)
+
+
+@pytest.mark.parametrize(
+    ("bad", "expected"),
+    [
+        (np.zeros((10, 10), np.uint8), "grayscale"),
+        (np.zeros((10, 10, 4), np.uint8), "4-channel"),
+        (np.zeros((0, 10, 3), np.uint8), "zero-size"),
+        (np.zeros((10, 10, 3), np.float32), "dtype float32"),
+    ],
+)
+def test_bad_crops_name_the_index(emotion_path: Path, bad: np.ndarray, expected: str) -> None:
+    model = EmotionModel.load(str(emotion_path), device="cpu")
+    with pytest.raises(ValueError, match=rf"crop 2: .*{expected}"):
+        model.predict([*diverse_crops(2), bad])
+
+
+def test_settings_from_the_graph_then_the_name_then_overrides(tmp_path: Path) -> None:
+    seven = standins.make_emotion_model(tmp_path / "anything.onnx", classes=7, input_size=112)
+    model = EmotionModel.load(str(seven), device="cpu")
+    assert model.classes == registry.CLASSES_7
+    assert model.settings.input_size == 112  # static input size read from the graph
+    assert model.settings.mean == registry.MEAN_IMAGENET
+
+    mbf = standins.make_emotion_model(tmp_path / "mbf_va_mtl.onnx", va=True, input_size=112)
+    settings = EmotionModel.load(str(mbf), device="cpu").settings
+    assert settings.has_va and settings.mean == (0.5, 0.5, 0.5) and settings.std == (0.5, 0.5, 0.5)
+
+    custom = EmotionModel.load(
+        str(seven), device="cpu", classes=list("abcdefg"), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)
+    )
+    assert custom.classes == tuple("abcdefg") and custom.settings.std == (0.25, 0.25, 0.25)
+    assert custom.predict(diverse_crops(3)).labels[0] in "abcdefg"
+    with pytest.raises(ValueError, match="do not match"):
+        EmotionModel.load(str(seven), device="cpu", classes=["a", "b"])
+    with pytest.raises(TypeError, match="unknown settings"):
+        EmotionModel.load(str(seven), device="cpu", size=3)
+
+
+def test_dynamic_input_size_comes_from_the_name(tmp_path: Path) -> None:
+    b2 = standins.make_emotion_model(tmp_path / "enet_b2_8.onnx", input_size=260)
+    model = onnx.load(str(b2))
+    for d in model.graph.input[0].type.tensor_type.shape.dim[2:]:
+        d.dim_param = "size"
+    onnx.save(model, str(b2))
+    assert EmotionModel.load(str(b2), device="cpu").settings.input_size == 260
+
+
+def test_files_that_break_the_contract_are_named(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ValueError, match=r"junk\.onnx: not an ONNX model"):
+        EmotionModel.load(str(junk), device="cpu")
+    path = standins.make_emotion_model(tmp_path / "headless.onnx")
+    model = onnx.load(str(path))
+    gemm = model.graph.node[-1]
+    model.graph.node.remove(gemm)
+    model.graph.output[0].name = gemm.input[0]
+    onnx.save(model, str(path))
+    with pytest.raises(
+        ValueError, match=r"headless\.onnx: .*last node must be a 3-input Gemm.*found Flatten"
+    ):
+        EmotionModel.load(str(path), device="cpu")
