@@ -67,8 +67,8 @@ def normalisation_lut(mean: Sequence[float], std: Sequence[float], scale: float 
     return np.stack([(v - m) / s for m, s in zip(mean, std)]).astype(np.float32)
 
 
-# SCRFD's blob: (v - 127.5) / 128 for every channel, i.e. mean 127.5/128 std 1/128 in units of v / 128.
-SCRFD_LUT = normalisation_lut((127.5 / 128,) * 3, (1.0,) * 3, scale=128.0)
+# SCRFD's blob: (v - 127.5) / 128 for every channel (the detector cards' mean, std and pixel scale).
+SCRFD_LUT = normalisation_lut((127.5,) * 3, (128.0,) * 3, scale=1.0)
 
 
 def resize_crops(crops: Sequence[np.ndarray], size: int, out: np.ndarray | None = None) -> np.ndarray:

@@ -1,0 +1,5 @@
+"""`python -m emotibatch` runs the CLI."""
+
+from emotibatch.cli import cli
+
+cli()
