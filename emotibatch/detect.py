@@ -22,6 +22,7 @@ from onnx import numpy_helper
 
 from emotibatch import registry
 from emotibatch.preprocess import SCRFD_LUT, check_images, letterbox
+from emotibatch.redact import redact_uri
 from emotibatch.runtime import PIXELS, Device, Runner, make_runner, with_uint8_input
 
 log = logging.getLogger(__name__)
@@ -207,7 +208,7 @@ class FaceDetector:
         card = registry.get_card(str(model))
         if card is not None and card.kind != "detector":
             raise ValueError(f"{model} is an {card.kind} model, not a face detector")
-        source = registry.redact_uri(str(model))
+        source = redact_uri(str(model))
         path = registry.resolve(
             str(model), cache_dir=cache_dir, model_dir=model_dir, storage_options=storage_options
         )

@@ -18,6 +18,7 @@ from onnx import numpy_helper
 
 from emotibatch import registry
 from emotibatch.preprocess import check_images, normalisation_lut, resize_crops
+from emotibatch.redact import redact_uri
 from emotibatch.runtime import PIXELS, Device, Runner, make_runner, with_uint8_input
 
 DEFAULT_BATCH_SIZE = 64
@@ -181,9 +182,9 @@ class EmotionModel:
         try:
             graph = onnx.load(str(path))
         except Exception as exc:
-            raise ValueError(f"{registry.redact_uri(str(model))}: not an ONNX model ({exc})") from exc
+            raise ValueError(f"{redact_uri(str(model))}: not an ONNX model ({exc})") from exc
         name = card.name if card else Path(str(model)).stem
-        graph, weight, bias = _split_head(graph, registry.redact_uri(str(model)))
+        graph, weight, bias = _split_head(graph, redact_uri(str(model)))
         settings = infer_settings(graph, weight, name, card, overrides)
         lut = normalisation_lut(settings.mean, settings.std)
         runner = make_runner(with_uint8_input(graph, lut), device=device, num_threads=num_threads, name=name)

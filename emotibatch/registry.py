@@ -31,6 +31,8 @@ from typing import Literal
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from emotibatch.redact import redact_uri
+
 __all__ = [
     "CACHE_ENV",
     "CARDS",
@@ -50,7 +52,6 @@ __all__ = [
     "is_cached",
     "list_cards",
     "pin_sha256",
-    "redact_uri",
     "resolve",
     "resolve_card",
 ]
@@ -236,15 +237,6 @@ def _require_card(name: str) -> ModelCard:
     if card is None:
         raise ValueError(f"unknown model {name!r}; registered models: {', '.join(CARDS)}")
     return card
-
-
-def redact_uri(uri: str) -> str:
-    """Drop `user:password@`, the query and the fragment: signed URLs and inline keys never reach a log."""
-    parts = urllib.parse.urlsplit(uri)
-    if not parts.scheme or not parts.netloc:
-        return uri
-    host = parts.netloc.rpartition("@")[2]
-    return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:

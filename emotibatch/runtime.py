@@ -43,7 +43,7 @@ def cpu_share() -> int:
             assigned = ray.get_runtime_context().get_assigned_resources().get("CPU")
             if assigned:
                 return max(1, int(assigned))
-    except ImportError:
+    except (ImportError, AssertionError):  # no Ray, or the driver (only workers have assigned resources)
         pass
     return max(1, len(os.sched_getaffinity(0)))
 

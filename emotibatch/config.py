@@ -1,0 +1,115 @@
+"""Job settings: one frozen dataclass, checked where it is made, before any work starts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from emotibatch.decode import Sampling
+from emotibatch.redact import redact_uri, scrub
+from emotibatch.runtime import DEVICES, Device
+from emotibatch.schema import FeaturesDtype
+
+# Settings that change what a row says; an output made with other values is not resumed into.
+IDENTITY = (
+    "model",
+    "detector",
+    "sampling",
+    "det_size",
+    "det_thresh",
+    "min_face",
+    "max_faces",
+    "margin",
+    "features_dtype",
+    "frame_folders",
+    "frame_rate",
+    "faces_cropped",
+)
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything `emotibatch extract` does; see `emotibatch extract --help` for each field."""
+
+    inputs: tuple[str, ...]
+    output: str
+    model: str = "enet_b0_8_best_vgaf"
+    detector: str = "det_10g"
+    sampling: Sampling = field(default_factory=Sampling)
+    segment_seconds: float | None = 60.0
+    det_size: tuple[int, int] = (640, 640)
+    det_thresh: float = 0.5
+    min_face: int = 0
+    max_faces: int | None = None
+    margin: float = 0.0
+    device: Device = "auto"
+    address: str | None = None
+    workers: int | None = None
+    gpus_per_worker: float | None = None
+    cpus_per_worker: float = 1.0
+    decode_cpus: float = 1.0
+    batch_size: int = 64
+    detect_batch_size: int = 16
+    features_dtype: FeaturesDtype = "float32"
+    frame_folders: bool = False
+    frame_rate: float = 30.0
+    faces_cropped: bool = False
+    model_dir: str | None = None
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.inputs:
+            problems.append("give at least one INPUT")
+        if not self.output:
+            problems.append("--output is required")
+        if self.segment_seconds is not None and self.segment_seconds <= 0:
+            problems.append(f"--segment-seconds must be > 0, got {self.segment_seconds}")
+        if not 0 < self.det_thresh < 1:
+            problems.append(f"--det-thresh must be in (0, 1), got {self.det_thresh}")
+        if self.min_face < 0:
+            problems.append(f"--min-face must be >= 0, got {self.min_face}")
+        if self.max_faces is not None and self.max_faces < 1:
+            problems.append(f"--max-faces must be >= 1, got {self.max_faces}")
+        if self.margin < 0:
+            problems.append(f"--margin must be >= 0, got {self.margin}")
+        if self.device not in DEVICES:
+            problems.append(f"--device must be one of {DEVICES}, got {self.device!r}")
+        if self.workers is not None and self.workers < 1:
+            problems.append(f"--workers must be >= 1, got {self.workers}")
+        if self.gpus_per_worker is not None and not 0 <= self.gpus_per_worker <= 8:
+            problems.append(f"--gpus-per-worker must be in [0, 8], got {self.gpus_per_worker}")
+        if self.cpus_per_worker <= 0 or self.decode_cpus <= 0:
+            problems.append("--cpus-per-worker and --decode-cpus must be > 0")
+        if self.batch_size < 1 or self.detect_batch_size < 1:
+            problems.append("--batch-size and --detect-batch-size must be >= 1")
+        if self.features_dtype not in ("float32", "float16", "none"):
+            problems.append(f"--features-dtype must be float32, float16 or none, got {self.features_dtype!r}")
+        if self.frame_rate <= 0:
+            problems.append(f"--frame-rate must be > 0, got {self.frame_rate}")
+        if self.faces_cropped and not self.frame_folders:
+            problems.append("--faces-cropped applies to --frame-folders inputs only")
+        if any(v % 32 or v <= 0 for v in self.det_size):
+            problems.append(f"--det-size must be positive multiples of 32, got {self.det_size}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def identity(self) -> dict[str, Any]:
+        """The settings an existing output must have been made with to be resumed."""
+        public = self.public()
+        return {k: public[k] for k in IDENTITY}
+
+    def public(self) -> dict[str, Any]:
+        """All settings as JSON-able values with credentials removed: safe for logs and Parquet metadata."""
+        data = asdict(self)
+        data["sampling"] = {"mode": self.sampling.mode, "value": self.sampling.value}
+        data["inputs"] = [redact_uri(i) for i in self.inputs]
+        data["output"] = redact_uri(self.output)
+        data["model"] = redact_uri(self.model)
+        data["detector"] = redact_uri(self.detector)
+        data["model_dir"] = redact_uri(self.model_dir) if self.model_dir else None
+        data["det_size"] = list(self.det_size)
+        data["storage_options"] = scrub(self.storage_options)
+        return json.loads(json.dumps(data, default=str))

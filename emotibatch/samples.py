@@ -1,0 +1,236 @@
+"""Generated sample inputs for the demo, the tests and the benchmarks.
+
+A "face" here is what the stand-in detector (`emotibatch.standins`) finds: a white square of side 16, 32
+or 64 px on a black background, centred on a multiple of side / 2 (the detector's anchor stride), painted
+by `standins.draw_face`. A `FaceTrack` moves such a square linearly between two centres; positions are
+snapped to the stride at every frame so that each drawn square stays detectable (sizes are in frame
+pixels: a detector that resizes the frame resizes the squares too) and `expected_faces` gives the
+exact boxes a test must find.
+
+Videos are H.264 / yuv420p written with PyAV. White (Y 235) and black (Y 16) squares on even pixel
+boundaries have neutral chroma, so they decode back to about 255 / 0 and a threshold at 128 recovers each
+square exactly. `stamp=True` adds the frame index as a 16-bit grey code in the bottom rows (grey 96: too
+dark for the detector), so a test can tell which frame a decoder really returned.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+from emotibatch.standins import FACE_SIDES, draw_face
+
+STAMP_BITS = 16
+STAMP_ROWS = 8
+STAMP_LEVEL = 96
+# One keyframe a second: seeking then decodes at most a second of frames.
+KEYFRAME_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class FaceTrack:
+    """A square "face" of side `side` moving linearly from centre `start` to `end`, shown in frames
+    `first` to `last` inclusive."""
+
+    side: int
+    start: tuple[int, int]
+    end: tuple[int, int]
+    first: int
+    last: int
+
+    def __post_init__(self) -> None:
+        if self.side not in FACE_SIDES:
+            raise ValueError(f"side must be one of {FACE_SIDES}, got {self.side}")
+        stride = self.side // 2
+        for name, (x, y) in (("start", self.start), ("end", self.end)):
+            if x % stride or y % stride:
+                raise ValueError(f"{name} centre {(x, y)} must be multiples of side/2 = {stride}")
+        if not 0 <= self.first <= self.last:
+            raise ValueError(f"need 0 <= first <= last, got first={self.first}, last={self.last}")
+
+    def center(self, frame_index: int) -> tuple[int, int] | None:
+        """The centre at `frame_index` snapped to the stride, or None outside [first, last]."""
+        if not self.first <= frame_index <= self.last:
+            return None
+        span = self.last - self.first
+        t = (frame_index - self.first) / span if span else 0.0
+        stride = self.side // 2
+        return tuple(  # type: ignore[return-value]
+            stride * math.floor((a + t * (b - a)) / stride + 0.5)
+            for a, b in zip(self.start, self.end, strict=True)
+        )
+
+
+def expected_faces(tracks: Sequence[FaceTrack], frame_index: int) -> list[tuple[int, int, int]]:
+    """(cx, cy, side) of every face drawn in frame `frame_index`, in track order."""
+    return [(*c, t.side) for t in tracks if (c := t.center(frame_index)) is not None]
+
+
+def _stamp(frame: np.ndarray, index: int) -> None:
+    width = frame.shape[1] // STAMP_BITS
+    for bit in range(STAMP_BITS):
+        if index >> bit & 1:
+            frame[-STAMP_ROWS:, bit * width : (bit + 1) * width] = STAMP_LEVEL
+
+
+def read_stamp(frame: np.ndarray) -> int:
+    """The frame index written by `stamp=True`, read back from a decoded RGB frame."""
+    width = frame.shape[1] // STAMP_BITS
+    rows = frame[-STAMP_ROWS + 2 : -2, :, 1].astype(np.float32)
+    bits = [rows[:, b * width + 2 : (b + 1) * width - 2].mean() > STAMP_LEVEL / 2 for b in range(STAMP_BITS)]
+    return sum(1 << b for b, on in enumerate(bits) if on)
+
+
+def render_frame(
+    tracks: Sequence[FaceTrack],
+    frame_index: int,
+    *,
+    width: int,
+    height: int,
+    stamp: bool = False,
+    background: np.ndarray | None = None,
+) -> np.ndarray:
+    """The RGB uint8 frame `frame_index` of a sample, before encoding: `background` (HxW levels, default
+    black), then the faces, then the optional index stamp."""
+    frame = np.zeros((height, width, 3), np.uint8)
+    if background is not None:
+        frame[:] = background[..., None]
+    bottom = height - STAMP_ROWS if stamp else height
+    for cx, cy, side in expected_faces(tracks, frame_index):
+        if not (side // 2 <= cx <= width - side // 2 and side // 2 <= cy <= bottom - side // 2):
+            where = " or covers the stamp" if stamp else ""
+            raise ValueError(f"face at {(cx, cy)} of side {side} leaves the {width}x{height} frame{where}")
+        draw_face(frame, (cx, cy), side)
+    if stamp:
+        _stamp(frame, frame_index)
+    return frame
+
+
+def make_video(
+    path: str | Path,
+    *,
+    width: int = 640,
+    height: int = 360,
+    fps: float | Fraction = 25.0,
+    seconds: float = 4.0,
+    faces: Sequence[FaceTrack] = (),
+    codec: str = "libx264",
+    crf: int = 18,
+    noise: int = 0,
+    stamp: bool = False,
+    seed: int = 0,
+) -> Path:
+    """Write a sample video of round(seconds * fps) frames and return its path.
+
+    `fps` may be a Fraction (e.g. Fraction(30000, 1001) for NTSC 29.97). `noise` > 0 fills the background
+    with random levels in [0, noise] (seeded by `seed`, new every frame): a black video compresses to
+    nothing and decodes unrealistically fast, so benchmarks want noise; keep it under 64 to stay "dark".
+    """
+    if width % 2 or height % 2:
+        raise ValueError(f"yuv420p needs even width and height, got {width}x{height}")
+    rate = fps if isinstance(fps, Fraction) else Fraction(fps).limit_denominator(1001)
+    n_frames = round(seconds * rate)
+    rng = np.random.default_rng(seed)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=rate, options={"crf": str(crf)})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.gop_size = max(1, round(KEYFRAME_SECONDS * rate))
+        for i in range(n_frames):
+            background = rng.integers(0, noise + 1, (height, width), np.uint8) if noise else None
+            image = render_frame(faces, i, width=width, height=height, stamp=stamp, background=background)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = i
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+def make_frame_folder(
+    directory: str | Path,
+    n_frames: int,
+    *,
+    gaps: Sequence[int] = (),
+    faces: Sequence[FaceTrack] = (),
+    width: int = 160,
+    height: int = 96,
+    stamp: bool = False,
+    ext: str = ".png",
+) -> Path:
+    """Write frames 0 .. n_frames - 1 except `gaps` as images named like ABAW's (`00001.png` is frame 0).
+
+    PNG (the default) is lossless, so decoded frames equal `render_frame` exactly.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    missing = set(gaps)
+    for i in range(n_frames):
+        if i not in missing:
+            image = render_frame(faces, i, width=width, height=height, stamp=stamp)
+            cv2.imwrite(str(directory / f"{i + 1:05d}{ext}"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    return directory
+
+
+def make_bad_inputs(directory: str | Path) -> dict[str, Path]:
+    """Inputs every reader must turn into a clear error rather than a crash or silent garbage.
+
+    Keys: "empty" (0 bytes), "text" (a text file named .mp4), "truncated" (a good mp4 cut in half: its
+    index, written last, is lost), "truncated_faststart" (the same with the index first: it opens, then
+    fails in the middle of the frames) and "missing" (a path that is not created).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {
+        name: directory / f"{name}.mp4" for name in ("empty", "text", "truncated", "truncated_faststart")
+    }
+    paths["missing"] = directory / "missing.mp4"
+    paths["empty"].write_bytes(b"")
+    paths["text"].write_text("this is not a video\n")
+    good = make_video(directory / "good.tmp.mp4", width=160, height=96, seconds=2.0, noise=255)
+    data = good.read_bytes()
+    paths["truncated"].write_bytes(data[: len(data) // 2])
+    remux = directory / "good.faststart.tmp.mp4"
+    with av.open(str(good)) as src, av.open(str(remux), "w", options={"movflags": "+faststart"}) as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                dst.mux(packet)
+    data = remux.read_bytes()
+    paths["truncated_faststart"].write_bytes(data[: len(data) // 2])
+    good.unlink()
+    remux.unlink()
+    return paths
+
+
+# Faces in each video never overlap or touch, so every square is its own blob.
+SAMPLE_SET: dict[str, tuple[FaceTrack, ...]] = {
+    "one_face": (FaceTrack(64, (96, 96), (224, 96), first=0, last=99),),
+    "two_faces": (
+        FaceTrack(32, (48, 32), (272, 32), first=0, last=99),
+        FaceTrack(64, (256, 128), (64, 128), first=20, last=79),
+    ),
+    "crowd": (
+        FaceTrack(16, (16, 8), (304, 8), first=0, last=99),
+        FaceTrack(32, (272, 48), (48, 48), first=0, last=99),
+        FaceTrack(16, (304, 80), (16, 80), first=50, last=99),
+        FaceTrack(64, (64, 128), (256, 128), first=10, last=89),
+    ),
+}
+
+
+def make_sample_set(directory: str | Path) -> list[Path]:
+    """Three 4 s 320x180 25 fps demo videos with moving faces (what `emotibatch demo` runs on)."""
+    directory = Path(directory)
+    return [
+        make_video(directory / f"{name}.mp4", width=320, height=180, seconds=4.0, faces=faces)
+        for name, faces in SAMPLE_SET.items()
+    ]

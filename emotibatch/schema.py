@@ -1,0 +1,135 @@
+"""Every Arrow schema the job writes, and the one metadata key that carries provenance.
+
+Tables under an extract output:
+- `faces/`: one row per detected face per sampled frame (`faces_schema`);
+- `videos/`: one row per input, ok or failed (`videos_schema`): the commit record of a video;
+- `runs/`: one row per run (`RUNS`).
+`FRAMES` is internal: one row per sampled frame with its faces nested, as staged between extraction and
+the per-video pass that tracks faces and writes `faces/`.
+Class names, models and the run's settings (credentials removed) travel as JSON under `METADATA_KEY`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+import pyarrow as pa
+
+METADATA_KEY = b"emotibatch"
+FeaturesDtype = Literal["float32", "float16", "none"]
+
+
+def vector(size: int, dtype: pa.DataType | None = None) -> pa.DataType:
+    """A fixed-size float vector (boxes, landmarks, probabilities, features), float32 unless told."""
+    return pa.list_(dtype or pa.float32(), size)
+
+
+def features_type(dtype: FeaturesDtype) -> pa.DataType | None:
+    return {"float32": pa.float32(), "float16": pa.float16(), "none": None}[dtype]
+
+
+def with_metadata(schema: pa.Schema, info: dict[str, Any]) -> pa.Schema:
+    return schema.with_metadata({METADATA_KEY: json.dumps(info, sort_keys=True).encode()})
+
+
+def read_metadata(schema: pa.Schema) -> dict[str, Any]:
+    """The provenance written by `with_metadata`, or {} for a table that has none."""
+    raw = (schema.metadata or {}).get(METADATA_KEY)
+    return json.loads(raw) if raw else {}
+
+
+def faces_schema(n_classes: int, feature_dim: int, features: FeaturesDtype) -> pa.Schema:
+    fields = [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("frame_index", pa.int64(), nullable=False),
+        pa.field("timestamp_s", pa.float64(), nullable=False),
+        pa.field("face_index", pa.int32(), nullable=False),
+        pa.field("track_id", pa.int64(), nullable=False),
+        pa.field("bbox", vector(4), nullable=False),
+        pa.field("det_score", pa.float32()),  # null when the input frames are face crops already
+        pa.field("landmarks", vector(10)),  # x, y of eyes, nose, mouth corners; null for face crops
+        pa.field("emotion", pa.string(), nullable=False),
+        pa.field("emotion_probs", vector(n_classes), nullable=False),
+        pa.field("valence", pa.float32()),
+        pa.field("arousal", pa.float32()),
+    ]
+    dtype = features_type(features)
+    if dtype is not None:
+        fields.append(pa.field("features", vector(feature_dim, dtype), nullable=False))
+    return pa.schema(fields)
+
+
+def frames_schema(n_classes: int, feature_dim: int, features: FeaturesDtype) -> pa.Schema:
+    """Staged per-frame rows: each list column holds that frame's faces in detector order."""
+    fields = [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("segment_index", pa.int32(), nullable=False),
+        pa.field("frame_index", pa.int64(), nullable=False),  # -1 on the row that reports an error
+        pa.field("error", pa.string()),  # a decode failure of this segment
+        pa.field("decode_s", pa.float64(), nullable=False),
+        pa.field("infer_s", pa.float64(), nullable=False),
+        pa.field("bbox", pa.list_(vector(4))),
+        pa.field("det_score", pa.list_(pa.float32())),
+        pa.field("landmarks", pa.list_(vector(10))),
+        pa.field("emotion_probs", pa.list_(vector(n_classes))),
+        pa.field("valence", pa.list_(pa.float32())),
+        pa.field("arousal", pa.list_(pa.float32())),
+    ]
+    dtype = features_type(features)
+    if dtype is not None:
+        fields.append(pa.field("features", pa.list_(vector(feature_dim, dtype))))
+    return pa.schema(fields)
+
+
+VIDEOS_BASE = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # "ok" or "failed"
+        pa.field("error", pa.string()),
+        pa.field("fps", pa.float64()),
+        pa.field("frame_count", pa.int64()),
+        pa.field("duration_s", pa.float64()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("frames_sampled", pa.int64()),
+        pa.field("faces", pa.int64()),
+        pa.field("tracks", pa.int64()),
+        pa.field("decode_s", pa.float64()),
+        pa.field("infer_s", pa.float64()),
+        pa.field("run_id", pa.string(), nullable=False),
+    ]
+)
+
+
+def videos_schema(extra: pa.Schema | None = None) -> pa.Schema:
+    """The videos table: base columns, then a manifest's extra columns (types inferred from the manifest)."""
+    if extra is None:
+        return VIDEOS_BASE
+    clashes = set(extra.names) & set(VIDEOS_BASE.names)
+    if clashes:
+        raise ValueError(f"manifest columns {sorted(clashes)} clash with the videos table; rename them")
+    return pa.schema(list(VIDEOS_BASE) + list(extra))
+
+
+RUNS = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("started_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("ended_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("settings", pa.string(), nullable=False),  # JSON, credentials removed
+        pa.field("videos", pa.int64(), nullable=False),
+        pa.field("videos_ok", pa.int64(), nullable=False),
+        pa.field("videos_failed", pa.int64(), nullable=False),
+        pa.field("videos_skipped", pa.int64(), nullable=False),  # finished by an earlier run
+        pa.field("frames_decoded", pa.int64(), nullable=False),
+        pa.field("frames_sampled", pa.int64(), nullable=False),
+        pa.field("faces", pa.int64(), nullable=False),
+        pa.field("tracks", pa.int64(), nullable=False),
+        pa.field("wall_s", pa.float64(), nullable=False),
+        pa.field("frames_per_s", pa.float64(), nullable=False),
+        pa.field("faces_per_s", pa.float64(), nullable=False),
+    ]
+)

@@ -1,0 +1,353 @@
+"""Probe, sampling rule, segments and frames (emotibatch.decode) on generated videos."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import fsspec
+import numpy as np
+import pytest
+
+from emotibatch import decode
+from emotibatch.decode import (
+    DecodeError,
+    Sampling,
+    Segment,
+    VideoInfo,
+    decode_segment,
+    default_backend,
+    plan_segments,
+    probe,
+    sample_indices,
+)
+from emotibatch.samples import (
+    SAMPLE_SET,
+    FaceTrack,
+    expected_faces,
+    make_bad_inputs,
+    make_frame_folder,
+    make_sample_set,
+    make_video,
+    read_stamp,
+    render_frame,
+)
+from emotibatch.sources import VideoSource
+
+W, H = 160, 96
+# Two faces that never touch each other or the index stamp in the bottom 8 rows.
+TRACKS = (
+    FaceTrack(32, (16, 16), (144, 64), first=0, last=99),
+    FaceTrack(16, (152, 8), (104, 8), first=0, last=39),
+)
+NTSC = Fraction(30000, 1001)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, VideoSource]:
+    d = tmp_path_factory.mktemp("videos")
+    paths = {
+        # A noisy background makes every frame differ, as in real videos.
+        "v25": make_video(d / "v25.mp4", width=W, height=H, fps=25, faces=TRACKS, stamp=True, noise=40),
+        "v2997": make_video(d / "v2997.mp4", width=W, height=H, fps=NTSC, faces=TRACKS, stamp=True),
+        # H.264 in AVI: a container without a frame index, where decord's seeks go wrong.
+        "avi": make_video(d / "v.avi", width=W, height=H, seconds=2.0, faces=TRACKS, stamp=True),
+    }
+    return {name: VideoSource(str(path), name) for name, path in paths.items()}
+
+
+def decode_all(source: VideoSource, info: VideoInfo, indices: np.ndarray, **kwargs) -> dict[int, np.ndarray]:
+    segments = plan_segments(info, indices, 1.0, video_id=source.video_id)
+    return {i: frame for s in segments for i, _, frame in decode_segment(source, info, s, **kwargs)}
+
+
+def boxes(frame: np.ndarray) -> list[tuple[int, int, int]]:
+    """(cx, cy, side) of each white square in a decoded frame."""
+    _, _, stats, _ = cv2.connectedComponentsWithStats((frame[..., 0] > 128).astype(np.uint8))
+    return sorted((x + w // 2, y + h // 2, w) for x, y, w, h, _ in stats[1:] if w == h)
+
+
+@pytest.mark.parametrize(("name", "fps", "count"), [("v25", 25.0, 100), ("v2997", 30000 / 1001, 120)])
+def test_probe_reads_rate_count_and_size(
+    videos: dict[str, VideoSource], name: str, fps: float, count: int
+) -> None:
+    info = probe(videos[name])
+    assert info.fps == pytest.approx(fps, rel=1e-9)
+    assert (info.frame_count, info.width, info.height, info.seekable) == (count, W, H, True)
+    assert info.duration_s == pytest.approx(count / fps)
+    assert info.size_bytes == Path(videos[name].uri).stat().st_size
+
+
+def info_of(fps: float, frame_count: int, **kwargs) -> VideoInfo:
+    return VideoInfo(fps, frame_count, frame_count / fps, W, H, **kwargs)
+
+
+def test_every_n_and_all(videos: dict[str, VideoSource]) -> None:
+    info = probe(videos["v25"])
+    assert sample_indices(info, Sampling("every", 5)).tolist() == list(range(0, 100, 5))
+    assert sample_indices(info, Sampling()).tolist() == list(range(100))
+    assert sample_indices(info_of(25.0, 23), Sampling("every", 5)).tolist() == [0, 5, 10, 15, 20]
+    assert sample_indices(info, Sampling("every", 1)).dtype == np.int64
+
+
+def test_fps_takes_the_frame_nearest_each_tick_rounding_halves_up(videos: dict[str, VideoSource]) -> None:
+    # 25 fps, 2 per second: ticks at frames 0, 12.5, 25, 37.5, ...
+    pal = probe(videos["v25"])
+    assert sample_indices(pal, Sampling("fps", 2)).tolist() == [0, 13, 25, 38, 50, 63, 75, 88]
+    # 29.97 fps: ticks at 14.985, 29.97, 44.955, ...; 119.88 rounds to 120, past the last frame.
+    ntsc = probe(videos["v2997"])
+    assert sample_indices(ntsc, Sampling("fps", 2)).tolist() == [0, 15, 30, 45, 60, 75, 90, 105]
+    assert sample_indices(ntsc, Sampling("fps", 1)).tolist() == [0, 30, 60, 90]
+    assert sample_indices(ntsc, Sampling("fps", 0.4)).tolist() == [0, 75]
+
+
+def test_fps_above_the_video_rate_keeps_each_frame_once() -> None:
+    assert sample_indices(info_of(25.0, 10), Sampling("fps", 60)).tolist() == list(range(10))
+
+
+@pytest.mark.parametrize(
+    ("mode", "value"),
+    [("every", 0), ("every", 2.5), ("every", True), ("fps", 0), ("fps", float("nan")), ("all", 3)],
+)
+def test_sampling_rejects_bad_values(mode: str, value: object) -> None:
+    with pytest.raises(ValueError, match=mode):
+        Sampling(mode, value)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "sampling", [Sampling(), Sampling("every", 7), Sampling("fps", 3), Sampling("fps", 0.4)]
+)
+@pytest.mark.parametrize("seconds", [None, 0.5, 1.0, 1.3, 10.0])
+def test_segments_cover_exactly_the_sampling(sampling: Sampling, seconds: float | None) -> None:
+    info = info_of(30000 / 1001, 301)
+    indices = sample_indices(info, sampling)
+    segments = plan_segments(info, indices, seconds, video_id="v")
+    assert np.concatenate([s.frame_indices for s in segments]).tolist() == indices.tolist()
+    previous, end = None, 0
+    for s in segments:
+        assert s.segment_id == f"v#{s.segment_index:05d}"
+        assert end <= s.start_frame <= s.frame_indices[0] and s.frame_indices[-1] < s.end_frame
+        assert s.overlap_index == previous
+        previous, end = s.frame_indices[-1], s.end_frame
+
+
+def test_sampling_is_relative_to_the_video_not_the_segment() -> None:
+    info = info_of(25.0, 100)
+    segments = plan_segments(info, sample_indices(info, Sampling("every", 7)), 1.0, video_id="v")
+    assert [(s.start_frame, s.end_frame, s.frame_indices[0]) for s in segments] == [
+        (0, 25, 0),
+        (25, 50, 28),
+        (50, 75, 56),
+        (75, 100, 77),
+    ]
+
+
+def test_one_segment_for_short_or_unseekable_videos_and_empty_chunks_skipped() -> None:
+    short = info_of(25.0, 40)
+    assert len(plan_segments(short, sample_indices(short, Sampling()), 2.0, video_id="v")) == 1
+    unseekable = info_of(25.0, 100, seekable=False)
+    assert len(plan_segments(unseekable, sample_indices(unseekable, Sampling()), 1.0, video_id="v")) == 1
+    sparse = plan_segments(info_of(25.0, 100), [0, 60], 1.0, video_id="v")
+    assert [(s.segment_index, s.frame_indices, s.overlap_index) for s in sparse] == [
+        (0, (0,), None),
+        (2, (60,), 0),
+    ]
+    with pytest.raises(ValueError, match="strictly increasing"):
+        plan_segments(info_of(25.0, 100), [5, 3], 1.0, video_id="v")
+    with pytest.raises(ValueError, match="overlap_index"):
+        Segment("v", 1, 25, 50, (30,), overlap_index=30)
+
+
+@pytest.mark.parametrize("name", ["v25", "v2997"])
+def test_decoded_frames_show_the_drawn_faces_at_their_timestamps(
+    videos: dict[str, VideoSource], name: str
+) -> None:
+    source = videos[name]
+    info = probe(source)
+    segments = plan_segments(info, sample_indices(info, Sampling("every", 3)), 1.0, video_id=name)
+    seen = []
+    for segment in segments:
+        for index, timestamp, frame in decode_segment(source, info, segment, with_overlap=True, batch_size=4):
+            assert (frame.shape, frame.dtype) == ((H, W, 3), np.uint8)
+            assert timestamp == index / info.fps
+            assert read_stamp(frame) == index
+            assert boxes(frame) == sorted(expected_faces(TRACKS, index))
+            seen.append(index)
+    expected = [
+        i
+        for s in segments
+        for i in ((s.overlap_index,) if s.overlap_index is not None else ()) + s.frame_indices
+    ]
+    assert seen == expected
+
+
+@pytest.mark.parametrize("name", ["v25", "v2997"])
+def test_decord_batches_equal_pyav_sequential_decoding(videos: dict[str, VideoSource], name: str) -> None:
+    source = videos[name]
+    info = probe(source, backend="decord")
+    assert probe(source, backend="pyav") == info
+    indices = sample_indices(info, Sampling("fps", 7))
+    by_decord = decode_all(source, info, indices, backend="decord")
+    by_pyav = decode_all(source, info, indices, backend="pyav")
+    assert list(by_decord) == list(by_pyav) == indices.tolist()
+    for index in indices:
+        np.testing.assert_array_equal(by_decord[index], by_pyav[index])
+
+
+def test_pyav_is_the_fallback_when_decord_is_missing(
+    videos: dict[str, VideoSource], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = videos["v25"]
+    info = probe(source)
+    indices = sample_indices(info, Sampling("every", 11))
+    by_decord = decode_all(source, info, indices)
+    monkeypatch.setitem(sys.modules, "decord", None)  # import decord now raises ImportError
+    assert default_backend() == "pyav"
+    assert probe(source) == info
+    by_pyav = decode_all(source, info, indices)
+    assert all(np.array_equal(by_decord[i], by_pyav[i]) for i in indices)
+
+
+def test_containers_without_a_frame_index_decode_in_order(videos: dict[str, VideoSource]) -> None:
+    source = videos["avi"]
+    info = probe(source)
+    assert (info.frame_count, info.seekable) == (50, False)
+    frames = decode_all(source, info, sample_indices(info, Sampling("every", 6)))
+    assert {i: read_stamp(f) for i, f in frames.items()} == {i: i for i in range(0, 50, 6)}
+
+
+def test_remote_videos_are_read_through_fsspec(videos: dict[str, VideoSource]) -> None:
+    local = videos["v25"]
+    uri = f"memory://test-{uuid.uuid4().hex}/clip.mp4"
+    fs = fsspec.filesystem("memory")
+    fs.pipe(uri, Path(local.uri).read_bytes())
+    try:
+        remote = VideoSource(uri, "clip")
+        info = probe(remote)
+        assert info == probe(local)
+        indices = sample_indices(info, Sampling("every", 9))
+        remote_frames, local_frames = decode_all(remote, info, indices), decode_all(local, info, indices)
+        assert all(np.array_equal(remote_frames[i], local_frames[i]) for i in indices)
+    finally:
+        fs.rm(uri)
+
+
+def test_frame_folders_keep_gaps_and_number_frames_from_one(tmp_path: Path) -> None:
+    folder = make_frame_folder(tmp_path / "video1", 12, gaps=(3, 4, 9), faces=TRACKS[:1], stamp=True)
+    assert sorted(p.name for p in folder.iterdir())[:3] == ["00001.png", "00002.png", "00003.png"]
+    source = VideoSource(str(folder), "video1", kind="frames")
+    info = probe(source, frame_rate=10.0)
+    assert (info.fps, info.frame_count, info.width, info.height, info.missing_frames) == (
+        10.0,
+        12,
+        W,
+        H,
+        (3, 4, 9),
+    )
+    indices = sample_indices(info, Sampling("every", 2))
+    assert indices.tolist() == [0, 2, 6, 8, 10]
+    (segment,) = plan_segments(info, indices, None, video_id="video1")
+    for index, timestamp, frame in decode_segment(source, info, segment):
+        assert timestamp == index / 10.0
+        np.testing.assert_array_equal(frame, render_frame(TRACKS[:1], index, width=W, height=H, stamp=True))
+
+
+def test_frame_folder_errors(tmp_path: Path) -> None:
+    make_frame_folder(tmp_path / "dup", 2)
+    (tmp_path / "dup/1.png").write_bytes((tmp_path / "dup/00001.png").read_bytes())
+    with pytest.raises(DecodeError, match="are both frame 0"):
+        probe(VideoSource(str(tmp_path / "dup"), "dup", kind="frames"))
+    make_frame_folder(tmp_path / "bad", 1)
+    (tmp_path / "bad/00002.png").write_bytes(b"not a png")
+    source = VideoSource(str(tmp_path / "bad"), "bad", kind="frames")
+    info = probe(source)
+    with pytest.raises(
+        DecodeError, match=r"could not read the image 00002\.png in .*bad; it is empty or corrupt"
+    ):
+        list(decode_segment(source, info, Segment("bad", 0, 0, 2, (0, 1))))
+    with pytest.raises(DecodeError, match=r"not found: .*nothing; check the path"):
+        probe(VideoSource(str(tmp_path / "nothing"), "nothing", kind="frames"))
+
+
+def test_sample_set_videos_show_their_faces(tmp_path: Path) -> None:
+    paths = make_sample_set(tmp_path)
+    assert [p.stem for p in paths] == list(SAMPLE_SET)
+    for path in paths:
+        source = VideoSource(str(path), path.stem)
+        info = probe(source)
+        assert (info.frame_count, info.width, info.height) == (100, 320, 180)
+        for index, frame in decode_all(source, info, sample_indices(info, Sampling("every", 9))).items():
+            assert boxes(frame) == sorted(expected_faces(SAMPLE_SET[path.stem], index))
+
+
+def test_face_tracks_snap_to_the_stride_and_are_validated() -> None:
+    track = FaceTrack(32, (16, 16), (64, 16), first=10, last=13)
+    assert [track.center(i) for i in (9, 10, 11, 12, 13, 14)] == [
+        None,
+        (16, 16),
+        (32, 16),
+        (48, 16),
+        (64, 16),
+        None,
+    ]
+    with pytest.raises(ValueError, match="multiples of side/2 = 16"):
+        FaceTrack(32, (20, 16), (64, 16), first=0, last=9)
+    with pytest.raises(ValueError, match="side must be one of"):
+        FaceTrack(24, (12, 12), (12, 12), first=0, last=9)
+    with pytest.raises(ValueError, match="covers the stamp"):
+        render_frame(TRACKS, 99, width=W, height=72, stamp=True)
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return make_bad_inputs(tmp_path_factory.mktemp("bad"))
+
+
+@pytest.mark.parametrize("backend", ["decord", "pyav"])
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("missing", r"not found: .*missing\.mp4; check the path"),
+        ("empty", r"empty file \(0 bytes\): .*empty\.mp4; .*copy it again"),
+        (
+            "text",
+            r"could not decode .*text\.mp4: .*; re-encode it: ffmpeg -i text\.mp4 -c:v libx264 text_h264",
+        ),
+        ("truncated", r"could not decode .*truncated\.mp4: .*; re-encode it: ffmpeg -i truncated\.mp4"),
+        (
+            "truncated_faststart",
+            r"could not decode .*truncated_faststart\.mp4: .*[Ii]nvalid data.*; re-encode it",
+        ),
+    ],
+)
+def test_bad_inputs_give_actionable_errors(
+    bad_inputs: dict[str, Path], backend: str, name: str, message: str
+) -> None:
+    source = VideoSource(str(bad_inputs[name]), name)
+    with pytest.raises(DecodeError, match=message):
+        # A file whose index is intact but whose frames are cut fails at probe (decord indexes every
+        # packet on opening) or, with PyAV, where the frames end.
+        info = probe(source, backend=backend)  # type: ignore[arg-type]
+        for segment in plan_segments(info, sample_indices(info, Sampling()), None, video_id=name):
+            list(decode_segment(source, info, segment, backend=backend))  # type: ignore[arg-type]
+
+
+def test_permission_denied(videos: dict[str, VideoSource], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(decode.os, "access", lambda *_: False)  # tests may run as root
+    with pytest.raises(DecodeError, match=r"permission denied: .*v25\.mp4; check its read permission"):
+        probe(videos["v25"])
+
+
+def test_credentials_never_reach_messages() -> None:
+    uri = "memory://nowhere/v.mp4?X-Amz-Signature=secret"
+    with pytest.raises(DecodeError, match=r"^not found: memory://nowhere/v\.mp4; check the path$") as caught:
+        probe(VideoSource(uri, "v"))
+    assert "secret" not in str(caught.value)
+
+
+def test_decoder_threads_are_explicit(videos: dict[str, VideoSource]) -> None:
+    with pytest.raises(ValueError, match="num_threads must be >= 1"):
+        probe(videos["v25"], num_threads=0)
