@@ -5,14 +5,19 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import sys
 from collections.abc import Iterator
 
 import click
+import pyarrow.parquet as pq
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from emotibatch import registry
+from emotibatch import pipeline, registry
+from emotibatch.config import ExtractConfig
+from emotibatch.decode import Sampling
+from emotibatch.demo import run_demo
 
 
 @contextlib.contextmanager
@@ -94,3 +99,137 @@ def models_pull(names: tuple[str, ...], to: str | None, sha256: str | None, stor
                 click.echo(f"{name}: {registry.export(name, to, storage_options=storage_options)}")
             else:
                 click.echo(f"{name}: {registry.resolve(name, storage_options=storage_options)}")
+
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_FAILED = 0, 1, 2, 3
+
+
+def _sampling(fps: float | None, every: int | None, all_frames: bool) -> Sampling:
+    chosen = [
+        name for name, value in (("--fps", fps), ("--every", every), ("--all-frames", all_frames)) if value
+    ]
+    if len(chosen) > 1:
+        raise click.UsageError(f"choose one of --fps, --every, --all-frames (got {', '.join(chosen)})")
+    if fps is not None:
+        return Sampling("fps", fps)
+    if every is not None:
+        return Sampling("every", every)
+    return Sampling("all")
+
+
+@cli.command(
+    epilog="Exit codes: 0 every input ok, 3 some inputs failed (see OUTPUT/videos), 2 bad usage "
+    "(options, models, inputs or output rejected before any work), 1 anything else."
+)
+@click.argument("inputs", nargs=-1, required=True)
+@click.option(
+    "--output", "-o", required=True, metavar="DIR_OR_URI", help="Where faces/, videos/ and runs/ go."
+)
+@click.option(
+    "--model", default="enet_b0_8_best_vgaf", show_default=True, help="Emotion model: name, path or URI."
+)
+@click.option("--detector", default="det_10g", show_default=True, help="SCRFD detector: name, path or URI.")
+@click.option("--model-dir", metavar="DIR_OR_URI", help="Where pulled models live (offline clusters).")
+@click.option("--fps", type=float, help="Sample the frame nearest to each k/F seconds from the video start.")
+@click.option("--every", type=int, help="Sample frames 0, N, 2N, ...")
+@click.option("--all-frames", is_flag=True, help="Every frame (the default; what ABAW annotations need).")
+@click.option(
+    "--segment-seconds", type=float, default=60.0, show_default=True, help="Split long videos into segments."
+)
+@click.option(
+    "--frame-folders", is_flag=True, help="Inputs are folders of frame images (00001.jpg = frame 0)."
+)
+@click.option(
+    "--frame-rate", type=float, default=30.0, show_default=True, help="Frame rate of frame folders."
+)
+@click.option("--faces-cropped", is_flag=True, help="Each frame-folder image is already a face crop.")
+@click.option("--min-face", type=int, default=0, show_default=True, help="Drop faces smaller than PX.")
+@click.option("--det-thresh", type=float, default=0.5, show_default=True, help="Face detection threshold.")
+@click.option("--max-faces", type=int, help="Keep the N highest-scoring faces per frame.")
+@click.option(
+    "--margin", type=float, default=0.0, show_default=True, help="Grow face boxes by this fraction."
+)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--address", help="Ray cluster address (default: an embedded local Ray; `auto` in a Ray job).")
+@click.option("--workers", type=int, help="Face actors at most (default: one per GPU, or half the CPUs).")
+@click.option("--gpus-per-worker", type=float, help="GPUs per face actor (default 1 where GPUs exist).")
+@click.option("--cpus-per-worker", type=float, default=1.0, show_default=True, help="CPUs per face actor.")
+@click.option("--decode-cpus", type=float, default=1.0, show_default=True, help="CPUs per decode task.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Faces per emotion-model batch.")
+@click.option(
+    "--features-dtype",
+    type=click.Choice(["float32", "float16", "none"]),
+    default="float32",
+    show_default=True,
+    help="Store feature vectors as float32 or float16, or not at all (`none`: the backbones were trained "
+    "for face identification, so features can re-identify people).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an output made with other settings.")
+@storage_options_option
+def extract(inputs: tuple[str, ...], fps, every, all_frames, storage_options, **options) -> None:
+    """Detect faces and their emotions in INPUT... (videos, folders, globs, URIs or CSV/Parquet manifests).
+
+    Reruns with the same arguments skip finished videos, retry failed ones and never duplicate rows.
+    """
+    try:
+        config = ExtractConfig(
+            inputs=inputs,
+            sampling=_sampling(fps, every, all_frames),
+            storage_options=storage_options,
+            **options,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    try:
+        plan = pipeline.prepare(config)
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise click.UsageError(str(exc)) from None
+    with library_errors():
+        result = pipeline.run(plan)
+    _summary(result)
+    sys.exit(EXIT_SOME_FAILED if result.failed else EXIT_OK)
+
+
+def _summary(result: pipeline.RunResult) -> None:
+    run = result.run
+    console = Console()
+    table = Table(title=f"run {result.run_id}", box=box.SIMPLE_HEAD, show_header=False)
+    table.add_column(justify="right")
+    table.add_column()
+    for label, value in (
+        ("videos ok", run["videos_ok"]),
+        ("videos failed", run["videos_failed"]),
+        ("finished earlier", run["videos_skipped"]),
+        ("frames decoded", run["frames_decoded"]),
+        ("frames sampled", run["frames_sampled"]),
+        ("faces", run["faces"]),
+        ("tracks", run["tracks"]),
+        ("frames/s", f"{run['frames_per_s']:.1f}"),
+        ("faces/s", f"{run['faces_per_s']:.1f}"),
+        ("output", result.output),
+    ):
+        table.add_row(label, str(value))
+    console.print(table)
+    for video in result.failed:
+        console.print(f"[red]failed[/red] {video['video_id']}: {video['error']}", highlight=False)
+
+
+@cli.command()
+@click.option(
+    "--dir", "directory", default="emotibatch-demo", show_default=True, help="Where inputs and outputs go."
+)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def demo(directory: str, device: str) -> None:
+    """Make sample videos, run the whole job on them locally and show a few rows."""
+    with library_errors():
+        result = run_demo(directory, device=device)
+    console = Console()
+    console.print(result.models_note, highlight=False)
+    _summary(result.result)
+    faces = pq.read_table(f"{result.result.output}/faces", columns=DEMO_COLUMNS)
+    console.print(f"faces/: {faces.num_rows} rows; the first few:")
+    console.print(faces.slice(0, 8).to_pandas().to_string(index=False), highlight=False)
+    console.print(f"Outputs: {result.result.output}/faces, /videos, /runs (Parquet).")
+
+
+DEMO_COLUMNS = ["video_id", "frame_index", "timestamp_s", "face_index", "track_id", "emotion", "det_score"]

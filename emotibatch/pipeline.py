@@ -47,6 +47,8 @@ from emotibatch.track import assign_tracks, count_tracks
 log = logging.getLogger(__name__)
 
 FRAMES_PER_BLOCK = 16
+# A decode worker's own footprint (Python, pyarrow, decord, FFmpeg), measured at about 200 MiB.
+DECODE_BASE_MEMORY = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -62,17 +64,16 @@ class VideoJob:
 
 @dataclass(frozen=True)
 class RunResult:
-    """What a run did; `videos` holds this run's rows of the videos table."""
+    """What a run did: this run's rows of the videos table, and its row of the runs table."""
 
     run_id: str
     output: str
-    videos: pa.Table
+    videos: list[dict]
     run: dict
-    skipped: int
 
     @property
-    def failed(self) -> int:
-        return int(pc.sum(pc.equal(self.videos["status"], "failed")).as_py() or 0) if len(self.videos) else 0
+    def failed(self) -> list[dict]:
+        return [v for v in self.videos if v["status"] == "failed"]
 
 
 # -- 2. probe and plan --------------------------------------------------------------------------------
@@ -381,22 +382,13 @@ def _row_schema(row: dict) -> pa.Schema:
 # -- the job -------------------------------------------------------------------------------------------
 
 
-def _emotion_settings(config: ExtractConfig) -> tuple[list[str], int]:
-    """Class names and feature size of the emotion model, read on the driver to build schemas."""
-    model = EmotionModel.load(
-        config.model, device="cpu", model_dir=config.model_dir, storage_options=config.storage_options
-    )
-    s = model.settings
-    return list(s.classes), s.feature_dim
-
-
 def _decode_memory(jobs: list[VideoJob]) -> int:
     """Memory a decode task holds: a block of the largest frames, a copy as bytes, and decord's buffers.
 
     Declaring it keeps Ray from fusing decoding into the face actors, so decoders scale on their own.
     """
     largest = max((j.info.width * j.info.height * 3 for j in jobs if j.info), default=1)
-    return 4 * FRAMES_PER_BLOCK * largest
+    return DECODE_BASE_MEMORY + 4 * FRAMES_PER_BLOCK * largest
 
 
 def _pool_size(config: ExtractConfig, gpus: float) -> tuple[int, float]:
@@ -408,29 +400,72 @@ def _pool_size(config: ExtractConfig, gpus: float) -> tuple[int, float]:
     return config.workers or max(1, int(cpus // (2 * config.cpus_per_worker))), 0.0
 
 
-def run_extract(config: ExtractConfig) -> RunResult:
-    """Run the job on the current Ray cluster (see module docstring); return what it did."""
+@dataclass(frozen=True)
+class Plan:
+    """A checked job: models resolved, output writable and compatible, inputs listed. No Ray needed."""
+
+    config: ExtractConfig
+    output: Output
+    sources: tuple[VideoSource, ...]
+    faces_schema: pa.Schema
+    frames_schema: pa.Schema
+    run_id: str
+    started: datetime
+
+
+def prepare(config: ExtractConfig) -> Plan:
+    """Everything that can fail because of the arguments, done before any work starts.
+
+    Raises ValueError (bad inputs, settings, models), ModelUnavailableError (offline) or OSError
+    (unwritable output): all are the caller's to fix.
+    """
     started = datetime.now(timezone.utc)
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-    output = Output(config.output, config.storage_options)
-    classes, feature_dim = _emotion_settings(config)
+    common = dict(device="cpu", model_dir=config.model_dir, storage_options=config.storage_options)
+    settings = EmotionModel.load(config.model, **common).settings
+    if not config.faces_cropped:
+        FaceDetector.load(config.detector, input_size=config.det_size, **common)
+    public = config.public()
     info = {
         "emotibatch": __version__,
         "run_id": run_id,
-        "classes": classes,
-        "model": config.public()["model"],
-        "detector": None if config.faces_cropped else config.public()["detector"],
-        "settings": config.public(),
+        "classes": list(settings.classes),
+        "model": public["model"],
+        "detector": None if config.faces_cropped else public["detector"],
+        "settings": public,
     }
-    faces_schema = schema.with_metadata(
-        schema.faces_schema(len(classes), feature_dim, config.features_dtype), info
-    )
-    frames_schema = schema.frames_schema(len(classes), feature_dim, config.features_dtype)
-    output.check_settings(config.identity(), overwrite=config.overwrite)
-
+    n_classes, dim = len(settings.classes), settings.feature_dim
+    faces_schema = schema.with_metadata(schema.faces_schema(n_classes, dim, config.features_dtype), info)
+    frames_schema = schema.frames_schema(n_classes, dim, config.features_dtype)
     sources = list_sources(
         config.inputs, frame_folders=config.frame_folders, storage_options=config.storage_options
     )
+    output = Output(config.output, config.storage_options)
+    output.check_settings(config.identity(), overwrite=config.overwrite)
+    return Plan(config, output, tuple(sources), faces_schema, frames_schema, run_id, started)
+
+
+def extract(config: ExtractConfig) -> RunResult:
+    """Prepare, then run on the Ray cluster at `config.address` (an embedded local one by default)."""
+    return run(prepare(config))
+
+
+def run(plan: Plan) -> RunResult:
+    """Run a prepared job, connecting to Ray (or starting a local one) unless already connected."""
+    config = plan.config
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(address=config.address, include_dashboard=False if config.address is None else None)
+    try:
+        return execute(plan)
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+
+def execute(plan: Plan) -> RunResult:
+    """Run a prepared job on the current Ray cluster (see module docstring); return what it did."""
+    config, output, sources, run_id = plan.config, plan.output, plan.sources, plan.run_id
     finished = output.finished()
     todo = [s for s in sources if s.video_id not in finished]
     log.info(
@@ -440,11 +475,9 @@ def run_extract(config: ExtractConfig) -> RunResult:
     jobs = probe_all(todo, config) if todo else []
     work = [_work_item(job, seg) for job in jobs for seg in pending_segments(job, output)]
     if work:
-        gpus = (
-            config.gpus_per_worker
-            if config.gpus_per_worker is not None
-            else (1.0 if ray.cluster_resources().get("GPU") else 0.0)
-        )
+        gpus = config.gpus_per_worker
+        if gpus is None:
+            gpus = 1.0 if ray.cluster_resources().get("GPU") else 0.0
         actors, gpus = _pool_size(config, gpus)
         (
             ray.data.from_items(work)
@@ -458,25 +491,24 @@ def run_extract(config: ExtractConfig) -> RunResult:
             )
             .map_batches(
                 FaceStage,
-                fn_constructor_args=(config, frames_schema),
+                fn_constructor_args=(config, plan.frames_schema),
                 batch_size=FRAMES_PER_BLOCK,
                 batch_format="pyarrow",
                 compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
                 num_gpus=gpus,
                 num_cpus=config.cpus_per_worker,
             )
-            .write_datasink(StagingSink(output, frames_schema))
+            .write_datasink(StagingSink(output, plan.frames_schema))
         )
     finalize = ray.remote(num_cpus=1)(finalize_video)
-    rows = ray.get([finalize.remote(job, output, faces_schema, run_id) for job in jobs])
-    videos = pa.Table.from_pylist(rows) if rows else pa.table({"status": pa.array([], pa.string())})
+    rows = ray.get([finalize.remote(job, output, plan.faces_schema, run_id) for job in jobs])
     ended = datetime.now(timezone.utc)
-    wall = (ended - started).total_seconds()
+    wall = (ended - plan.started).total_seconds()
     sampled = sum(r["frames_sampled"] for r in rows)
     faces = sum(r["faces"] for r in rows)
     run = {
         "run_id": run_id,
-        "started_at": started,
+        "started_at": plan.started,
         "ended_at": ended,
         "settings": json.dumps(config.public(), sort_keys=True),
         "videos": len(sources),
@@ -494,4 +526,4 @@ def run_extract(config: ExtractConfig) -> RunResult:
     output.write_table(
         output.join("runs", f"{run_id}.parquet"), pa.Table.from_pylist([run], schema=schema.RUNS)
     )
-    return RunResult(run_id, config.output, videos, run, len(sources) - len(todo))
+    return RunResult(run_id, config.output, rows, run)

@@ -215,13 +215,13 @@ def make_bad_inputs(directory: str | Path) -> dict[str, Path]:
 SAMPLE_SET: dict[str, tuple[FaceTrack, ...]] = {
     "one_face": (FaceTrack(64, (96, 96), (224, 96), first=0, last=99),),
     "two_faces": (
-        FaceTrack(32, (48, 32), (272, 32), first=0, last=99),
+        FaceTrack(32, (48, 32), (176, 32), first=0, last=99),
         FaceTrack(64, (256, 128), (64, 128), first=20, last=79),
     ),
     "crowd": (
-        FaceTrack(16, (16, 8), (304, 8), first=0, last=99),
-        FaceTrack(32, (272, 48), (48, 48), first=0, last=99),
-        FaceTrack(16, (304, 80), (16, 80), first=50, last=99),
+        FaceTrack(16, (16, 8), (80, 8), first=0, last=99),
+        FaceTrack(32, (272, 48), (144, 48), first=0, last=99),
+        FaceTrack(16, (304, 80), (272, 80), first=50, last=99),
         FaceTrack(64, (64, 128), (256, 128), first=10, last=89),
     ),
 }
