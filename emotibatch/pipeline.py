@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -454,8 +455,10 @@ def run(plan: Plan) -> RunResult:
     """Run a prepared job, connecting to Ray (or starting a local one) unless already connected."""
     config = plan.config
     started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(address=config.address, include_dashboard=False if config.address is None else None)
+    if started_ray and (config.address or os.environ.get("RAY_ADDRESS")):
+        ray.init(address=config.address)  # a cluster, e.g. the one `ray job submit` runs this job on
+    elif started_ray:
+        ray.init(include_dashboard=False)  # embedded: no dashboard, nothing listening beyond loopback
     try:
         return execute(plan)
     finally:
