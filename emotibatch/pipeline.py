@@ -458,7 +458,7 @@ def run(plan: Plan) -> RunResult:
     if started_ray and (config.address or os.environ.get("RAY_ADDRESS")):
         ray.init(address=config.address)  # a cluster, e.g. the one `ray job submit` runs this job on
     elif started_ray:
-        ray.init(include_dashboard=False)  # embedded: no dashboard, nothing listening beyond loopback
+        ray.init(include_dashboard=False)  # embedded: no dashboard or job API to expose
     try:
         return execute(plan)
     finally:
