@@ -65,9 +65,8 @@ DOWNLOAD_TIMEOUT_S = 60.0
 _CHUNK = 1 << 20
 
 EMOTIEFFLIB_COMMIT = "f1df0e8548c666d268826e50b7de107fd5553e9d"
-EMOTIEFFLIB_URL = (
-    f"https://github.com/sb-ai-lab/EmotiEffLib/raw/{EMOTIEFFLIB_COMMIT}/models/affectnet_emotions/onnx"
-)
+EMOTIEFFLIB_ROOT = f"https://github.com/sb-ai-lab/EmotiEffLib/raw/{EMOTIEFFLIB_COMMIT}"
+EMOTIEFFLIB_URL = f"{EMOTIEFFLIB_ROOT}/models/affectnet_emotions/onnx"
 EMOTIEFFLIB_LICENSE = "Apache-2.0"
 INSIGHTFACE_URL = "https://github.com/deepinsight/insightface/releases/download/model-zoo"
 INSIGHTFACE_LICENSE = "non-commercial research only (insightface pretrained models)"
@@ -116,7 +115,7 @@ class ModelCard:
     """
 
     name: str
-    kind: Literal["emotion", "detector"]
+    kind: Literal["emotion", "detector", "engagement"]
     url: str
     member: str | None
     git_sha1: str | None
@@ -129,6 +128,11 @@ class ModelCard:
     feature_dim: int | None
     has_va: bool
     license: str
+
+    @property
+    def filename(self) -> str:
+        """The model's file name in caches and model dirs: `<name>.onnx`, or `.h5` for the Keras head."""
+        return self.name + PurePosixPath(self.member or urllib.parse.urlsplit(self.url).path).suffix
 
 
 def _emotion(
@@ -219,6 +223,24 @@ CARDS: Mapping[str, ModelCard] = MappingProxyType(
             ),
             _scrfd("det_10g", "buffalo_l"),
             _scrfd("det_500m", "buffalo_sc"),
+            # EmotiEffLib's engagement head: 128-frame windows of [std || frame features] of enet_b0
+            # (1280-d) features; input_size holds the window length (see engagement.py).
+            ModelCard(
+                name="engagement_single_attention",
+                kind="engagement",
+                url=f"{EMOTIEFFLIB_ROOT}/models/engagement_classification/engagement_single_attention.h5",
+                member=None,
+                git_sha1="25921a298a0ea8cd6761960ef7233aae071d7ec8",
+                sha256=None,
+                input_size=128,
+                pixel_scale=1.0,
+                mean=(0.0, 0.0, 0.0),
+                std=(1.0, 1.0, 1.0),
+                classes=("Distracted", "Engaged"),
+                feature_dim=1280,
+                has_va=False,
+                license=EMOTIEFFLIB_LICENSE,
+            ),
         )
     }
 )
@@ -247,7 +269,7 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 
 def is_cached(name: str, *, cache_dir: str | None = None) -> bool:
     """Whether the cache holds a copy of the model (checked against its hash only when resolved)."""
-    return (cache_root(cache_dir) / f"{_require_card(name).name}.onnx").is_file()
+    return (cache_root(cache_dir) / _require_card(name).filename).is_file()
 
 
 def git_blob_sha1(path: str | os.PathLike[str]) -> str:
@@ -409,8 +431,8 @@ def _fetch(
     reason = "no model dir given"
     if model_dir:
         fs, root = fsspec.core.url_to_fs(model_dir, **options)
-        path = f"{root.rstrip('/')}/{card.name}.onnx"
-        shown = f"{redact_uri(model_dir).rstrip('/')}/{card.name}.onnx"
+        path = f"{root.rstrip('/')}/{card.filename}"
+        shown = f"{redact_uri(model_dir).rstrip('/')}/{card.filename}"
         try:
             found = fs.isfile(path)
         except OSError as exc:
@@ -445,7 +467,7 @@ def resolve_card(
     """
     _show_license(card)
     cache = cache_root(cache_dir)
-    target = cache / f"{card.name}.onnx"
+    target = cache / card.filename
     with _locked(target):
         expected = _expected_digest(card, cache)
         if target.exists() and (problem := _mismatch(target, expected)):
@@ -544,5 +566,5 @@ def export(name: str, to: str, *, cache_dir: str | None = None, storage_options:
     local = resolve_card(card, cache_dir=cache_dir, storage_options=storage_options)
     fs, root = fsspec.core.url_to_fs(to, **(storage_options or {}))
     fs.makedirs(root, exist_ok=True)
-    fs.put_file(str(local), f"{root.rstrip('/')}/{card.name}.onnx")
-    return f"{redact_uri(to).rstrip('/')}/{card.name}.onnx"
+    fs.put_file(str(local), f"{root.rstrip('/')}/{card.filename}")
+    return f"{redact_uri(to).rstrip('/')}/{card.filename}"

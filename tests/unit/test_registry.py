@@ -160,7 +160,9 @@ def test_registry_holds_every_reference_model_with_pinned_urls() -> None:
         "mobilevit_va_mtl",
         "det_10g",
         "det_500m",
+        "engagement_single_attention",
     }
+    assert CARDS["engagement_single_attention"].filename == "engagement_single_attention.h5"
     vgaf = CARDS["enet_b0_8_best_vgaf"]
     assert vgaf.url == (
         "https://github.com/sb-ai-lab/EmotiEffLib/raw/f1df0e8548c666d268826e50b7de107fd5553e9d/"
@@ -184,8 +186,8 @@ def test_registry_holds_every_reference_model_with_pinned_urls() -> None:
         "mobilevit_va_mtl",
     ]
     for card in registry.list_cards():
-        if card.kind == "emotion":
-            assert card.url.endswith(f"/{card.name}.onnx") and len(card.git_sha1 or "") == 40
+        if card.kind in ("emotion", "engagement"):
+            assert card.url.endswith(f"/{card.filename}") and len(card.git_sha1 or "") == 40
             continue
         assert (card.input_size, card.classes, card.feature_dim, card.sha256) == (None, (), None, None)
         assert "non-commercial" in card.license
