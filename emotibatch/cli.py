@@ -14,10 +14,13 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from emotibatch import pipeline, registry
+from emotibatch import classify, pipeline, registry
+from emotibatch.aggregate import POOLS, Recipe, aggregate
 from emotibatch.config import ExtractConfig
 from emotibatch.decode import Sampling
 from emotibatch.demo import run_demo
+from emotibatch.labels import DAISEE_TARGETS
+from emotibatch.redact import redact_uri
 
 
 @contextlib.contextmanager
@@ -206,7 +209,7 @@ def _summary(result: pipeline.RunResult) -> None:
         ("tracks", run["tracks"]),
         ("frames/s", f"{run['frames_per_s']:.1f}"),
         ("faces/s", f"{run['faces_per_s']:.1f}"),
-        ("output", result.output),
+        ("output", redact_uri(result.output)),
     ):
         table.add_row(label, str(value))
     console.print(table)
@@ -233,3 +236,175 @@ def demo(directory: str, device: str) -> None:
 
 
 DEMO_COLUMNS = ["video_id", "frame_index", "timestamp_s", "face_index", "track_id", "emotion", "det_score"]
+
+
+REPORTED_FAILURES = 10
+address_option = click.option("--address", help="Ray cluster address (default: an embedded local Ray).")
+local_option = click.option("--local", is_flag=True, help="Run in this process without Ray (small outputs).")
+windows_option = click.option(
+    "--windows", type=float, metavar="SECONDS", help="One descriptor per window of SECONDS (timelines)."
+)
+window_step_option = click.option(
+    "--window-step", type=float, metavar="SECONDS", help="Seconds between window starts (default: --windows)."
+)
+per_track_option = click.option(
+    "--per-track", is_flag=True, help="One descriptor per face track, not per clip."
+)
+
+
+@cli.command("aggregate")
+@click.option("--features", required=True, metavar="DIR_OR_URI", help="An extract output (faces/, videos/).")
+@click.option("--recipe", required=True, type=click.Choice(sorted(POOLS)), help="EmotiEffLib's clip recipe.")
+@windows_option
+@window_step_option
+@per_track_option
+@click.option("--emotion-probs", is_flag=True, help="Append the emotion probabilities to the features.")
+@click.option("--output", "-o", required=True, metavar="DIR_OR_URI", help="Where the Parquet files go.")
+@click.option("--overwrite", is_flag=True, help="Replace the Parquet files already in --output.")
+@address_option
+@local_option
+@storage_options_option
+def aggregate_command(
+    features,
+    recipe,
+    windows,
+    window_step,
+    per_track,
+    emotion_probs,
+    output,
+    overwrite,
+    address,
+    local,
+    storage_options,
+) -> None:
+    """Clip descriptors (AFEW, VGAF or EngageWild recipe) from an extract output, streamed on Ray Data.
+
+    Clips without faces keep a row (has_faces false, null descriptor); videos the extract failed are skipped.
+    """
+    try:
+        chosen = Recipe(recipe, windows, window_step, per_track, emotion_probs)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    with library_errors():
+        result = aggregate(
+            features,
+            chosen,
+            output,
+            overwrite=overwrite,
+            storage_options=storage_options,
+            address=address,
+            local=local,
+        )
+    click.echo(
+        f"{result.rows} descriptor rows from {result.clips} clips ({result.clips_without_faces} without faces: "
+        f"null descriptor) -> {redact_uri(output)}"
+    )
+    for video_id, error in result.failed[:REPORTED_FAILURES]:
+        click.echo(f"skipped failed video {video_id}: {error}")
+    if len(result.failed) > REPORTED_FAILURES:
+        click.echo(
+            f"... {len(result.failed)} failed videos in all (status failed in {redact_uri(features)}/videos)"
+        )
+
+
+@cli.command("fit")
+@click.option(
+    "--features", required=True, metavar="DIR_OR_URI", help="An extract output or an aggregate output."
+)
+@click.option(
+    "--labels",
+    "labels_path",
+    required=True,
+    metavar="PATH",
+    help="Labels in the corpus's format (AFEW: its folder).",
+)
+@click.option("--task", required=True, type=click.Choice(sorted(classify.TASKS)))
+@click.option("--val", metavar="PATH", help="Validation labels (default: 5-fold cross-validation).")
+@click.option("--out", required=True, metavar="MODEL_DIR", help="Where model, card, metrics and plot go.")
+@click.option(
+    "--target", type=click.Choice(DAISEE_TARGETS), help="DAiSEE's label column (default engagement)."
+)
+@click.option(
+    "--recipe", type=click.Choice(sorted(POOLS)), help="The descriptors' recipe (default: the task's)."
+)
+@click.option("--emotion-probs", is_flag=True, help="Descriptors with emotion probabilities appended.")
+@click.option(
+    "--regressor", type=click.Choice(sorted(classify.REGRESSORS)), default="ridge", show_default=True
+)
+@click.option("--folds", type=int, default=5, show_default=True, help="Cross-validation folds without --val.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@address_option
+@local_option
+@storage_options_option
+def fit_command(
+    features,
+    labels_path,
+    task,
+    val,
+    out,
+    target,
+    recipe,
+    emotion_probs,
+    regressor,
+    folds,
+    seed,
+    address,
+    local,
+    storage_options,
+) -> None:
+    """Fit the task's recipe model on labelled clip descriptors; evaluate; save it with skops to MODEL_DIR."""
+    with library_errors():
+        model = classify.fit(
+            features,
+            labels_path,
+            task,
+            out,
+            val=val,
+            target=target,
+            recipe=recipe,
+            emotion_probs=emotion_probs,
+            regressor=regressor,
+            n_splits=folds,
+            seed=seed,
+            storage_options=storage_options,
+            address=address,
+            local=local,
+        )
+    click.echo(f"train labels: {model.join_}")
+    if model.val_join_ is not None:
+        click.echo(f"val labels: {model.val_join_}")
+    scores = {k: v for k, v in model.metrics_.items() if isinstance(v, float)}
+    click.echo(f"{model.metrics_['validation']}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    click.echo(f"model, card, metrics and plot in {out}")
+
+
+@cli.command("predict")
+@click.option(
+    "--features", required=True, metavar="DIR_OR_URI", help="An extract output or an aggregate output."
+)
+@click.option("--model", "model_dir", required=True, metavar="MODEL_DIR", help="Made by `emotibatch fit`.")
+@click.option("--out", required=True, metavar="FILE_OR_URI", help="The predictions Parquet file.")
+@windows_option
+@window_step_option
+@per_track_option
+@address_option
+@local_option
+@storage_options_option
+def predict_command(
+    features, model_dir, out, windows, window_step, per_track, address, local, storage_options
+):
+    """Predict every clip (or track, or window); clips without faces get a null prediction."""
+    with library_errors():
+        table = classify.predict(
+            features,
+            model_dir,
+            out,
+            windows=windows,
+            window_step=window_step,
+            per_track=per_track,
+            storage_options=storage_options,
+            address=address,
+            local=local,
+        )
+    nulls = table["prediction"].null_count
+    click.echo(f"{len(table)} predictions ({nulls} without faces: null) -> {redact_uri(out)}")
