@@ -41,7 +41,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from harness import machine
 
-from emotibatch.aggregate import aggregate, read_descriptors, write_synthetic_extract
+from emotibatch.aggregate import aggregate, read_descriptors
+from emotibatch.samples import write_synthetic_extract
 
 STATS = ("mean", "stddev", "min", "max")
 

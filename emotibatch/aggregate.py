@@ -20,14 +20,13 @@ import contextlib
 import math
 import os
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 from ray.data import Datasink
@@ -108,30 +107,6 @@ class Recipe:
         return asdict(self)
 
 
-def descriptor_schema(width: int, *, per_track: bool, windows: bool) -> pa.Schema:
-    """The aggregate output: one row per clip (or track, or window); the descriptor is null without faces."""
-    fields = [pa.field("video_id", pa.string(), nullable=False)]
-    if per_track:
-        fields.append(pa.field("track_id", pa.int64()))  # null on the row of a clip without faces
-    if windows:
-        fields += [pa.field("window_start_s", pa.float64()), pa.field("window_end_s", pa.float64())]
-    fields += [
-        pa.field("n_frames", pa.int64(), nullable=False),  # frames the descriptor pools over
-        pa.field("n_faces", pa.int64(), nullable=False),  # face rows it pools over
-        pa.field("has_faces", pa.bool_(), nullable=False),
-        pa.field("descriptor", schema.vector(width)),
-    ]
-    return pa.schema(fields)
-
-
-def as_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """[N, width] float32 view of a fixed-size-list column (a copy where float16 features are widened)."""
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    values = pc.list_flatten(column).to_numpy().reshape(-1, column.type.list_size)
-    return values.astype(np.float32, copy=False)
-
-
 def _window_starts(duration_s: float, length: float, step: float) -> np.ndarray:
     """Starts 0, step, 2 step, ... up to the first window that reaches the end of the clip."""
     last = max(0, math.ceil((duration_s - length) / step - 1e-9))
@@ -151,7 +126,9 @@ def describe_video(
     only for the windows it appears in. `duration_s` spans the windows (default: up to the last face).
     """
     pool = POOLS[recipe.name]
-    out_schema = descriptor_schema(width, per_track=recipe.per_track, windows=recipe.windows is not None)
+    out_schema = schema.descriptor_schema(
+        width, per_track=recipe.per_track, windows=recipe.windows is not None
+    )
     # Subsets are row indices in time order (a frame's faces stay together); rows are never reordered.
     if faces is None or not len(faces):
         times = frames = x = np.zeros(0)
@@ -159,9 +136,9 @@ def describe_video(
     else:
         times = faces["timestamp_s"].to_numpy()
         frames = faces["frame_index"].to_numpy()
-        x = as_matrix(faces["features"])
+        x = schema.as_matrix(faces["features"])
         if recipe.emotion_probs:
-            x = np.hstack([x, as_matrix(faces["emotion_probs"])])
+            x = np.hstack([x, schema.as_matrix(faces["emotion_probs"])])
         if recipe.per_track:
             tracks = faces["track_id"].to_numpy()
             by_track = np.lexsort((times, tracks))
@@ -281,7 +258,7 @@ def _plan(features: str, recipe: Recipe, storage_options: dict | None) -> _Plan:
         "features_dtype": str(faces_schema.field("features").type.value_type),
     }
     out_schema = schema.with_metadata(
-        descriptor_schema(width, per_track=recipe.per_track, windows=recipe.windows is not None), info
+        schema.descriptor_schema(width, per_track=recipe.per_track, windows=recipe.windows is not None), info
     )
     return _Plan(source, recipe, sorted(items, key=lambda i: i["video_id"]), tuple(failed), width, out_schema)
 
@@ -462,79 +439,3 @@ def load_descriptors(
 
 
 # -- synthetic extract outputs (tests and benchmarks) ----------------------------------------------------
-
-EMOTIEFFLIB_CLASSES = ("Anger", "Contempt", "Disgust", "Fear", "Happiness", "Neutral", "Sadness", "Surprise")
-
-
-def write_synthetic_extract(
-    root: str | Path,
-    means: Mapping[str, np.ndarray | None],
-    *,
-    frames: int = 20,
-    faces_per_frame: int = 1,
-    noise: float = 1.0,
-    fps: float = 10.0,
-    features_dtype: schema.FeaturesDtype = "float32",
-    model: str = "enet_b0_8_best_vgaf",
-    failed: Sequence[str] = (),
-    seed: int = 0,
-) -> None:
-    """An extract output with planted features, written one video at a time (any size fits in memory).
-
-    Per video, face 0 of each frame (track 0) has features `means[video] + noise * N(0, 1)`, other faces
-    (tracks 1, 2, ...) pure noise; None makes a clip without faces. `failed` ids get a failed videos row.
-    """
-    rng = np.random.default_rng(seed)
-    dim = len(next(m for m in means.values() if m is not None))
-    info = {"classes": list(EMOTIEFFLIB_CLASSES), "model": model, "detector": "det_10g", "settings": {}}
-    faces_schema = schema.with_metadata(
-        schema.faces_schema(len(EMOTIEFFLIB_CLASSES), dim, features_dtype), info
-    )
-    out = Output(str(root))
-    for video_id in failed:
-        row = {"video_id": video_id, "source_uri": video_id, "status": "failed", "error": "cannot decode"}
-        out.commit_video(video_id, None, pa.Table.from_pylist([row | {"run_id": "r"}], schema.VIDEOS_BASE))
-    for video_id, mean in means.items():
-        n = 0 if mean is None else frames * faces_per_frame
-        frame_index = np.repeat(np.arange(frames), faces_per_frame)[:n]
-        face_index = np.tile(np.arange(faces_per_frame, dtype=np.int32), frames)[:n]
-        columns: dict[str, Any] = {
-            "video_id": [video_id] * n,
-            "source_uri": [video_id] * n,
-            "frame_index": frame_index,
-            "timestamp_s": frame_index / fps,
-            "face_index": face_index,
-            "track_id": face_index.astype(np.int64),
-            "bbox": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(4 * n, np.float32)), 4),
-            "det_score": np.ones(n, np.float32),
-            "landmarks": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(10 * n, np.float32)), 10),
-            "valence": pa.nulls(n, pa.float32()),
-            "arousal": pa.nulls(n, pa.float32()),
-        }
-        logits = rng.standard_normal((n, len(EMOTIEFFLIB_CLASSES)), np.float32)
-        probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-        columns["emotion"] = [EMOTIEFFLIB_CLASSES[i] for i in probs.argmax(1)]
-        columns["emotion_probs"] = pa.FixedSizeListArray.from_arrays(
-            pa.array(probs.reshape(-1)), probs.shape[1]
-        )
-        if features_dtype != "none":
-            x = noise * rng.standard_normal((n, dim), np.float32)
-            if n:
-                x[face_index == 0] += np.asarray(mean, np.float32)
-            columns["features"] = pa.FixedSizeListArray.from_arrays(
-                pa.array(x.astype(features_dtype).reshape(-1)), dim
-            )
-        faces = pa.table({name: columns[name] for name in faces_schema.names}).cast(faces_schema)
-        row = {
-            "video_id": video_id,
-            "source_uri": video_id,
-            "status": "ok",
-            "fps": fps,
-            "frame_count": frames,
-            "duration_s": frames / fps,
-            "frames_sampled": frames,
-            "faces": n,
-            "tracks": faces_per_frame if n else 0,
-            "run_id": "r",
-        }
-        out.commit_video(video_id, faces, pa.Table.from_pylist([row], schema.VIDEOS_BASE))

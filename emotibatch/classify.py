@@ -42,7 +42,6 @@ from emotibatch.aggregate import (
     Recipe,
     RecipeName,
     aggregate,
-    as_matrix,
     is_extract_output,
     load_descriptors,
     read_descriptors,
@@ -115,7 +114,7 @@ def _labelled(descriptors: pa.Table, labels: LabelSet) -> _Labelled:
     use = [i for i in rows if has_faces[i]]
     y = np.array([found[ids[i]] for i in use], float if labels.kind == "regression" else str)
     return _Labelled(
-        X=as_matrix(descriptors["descriptor"].take(use)),
+        X=schema.as_matrix(descriptors["descriptor"].take(use)),
         y=y,
         groups=np.array([ids[i] for i in use], str),
         report=report,
@@ -292,7 +291,7 @@ class ClipModel(BaseEstimator):
         self._check_descriptors(descriptors)
         has_faces = np.asarray(descriptors["has_faces"].to_pylist(), bool)
         rows = np.flatnonzero(has_faces)
-        X = as_matrix(descriptors["descriptor"].take(rows))
+        X = schema.as_matrix(descriptors["descriptor"].take(rows))
         table = descriptors.select([k for k in KEYS if k in descriptors.schema.names])
 
         def column(values: np.ndarray, dtype: pa.DataType) -> pa.Array:

@@ -85,6 +85,9 @@ def _probe(source: VideoSource, config: ExtractConfig) -> VideoJob:
         info = probe(source, storage_options=config.storage_options, frame_rate=config.frame_rate)
     except DecodeError as exc:
         return VideoJob(source, None, str(exc))
+    except OSError as exc:  # unreadable in a way the decoder has no message for: fail this video only
+        reason = exc.strerror or type(exc).__name__
+        return VideoJob(source, None, f"cannot read {source.source_uri}: {reason}; check the path")
     indices = sample_indices(info, config.sampling)
     if not len(indices):
         return VideoJob(source, info, None)

@@ -16,15 +16,20 @@ dark for the detector), so a test can tell which frame a decoder really returned
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 import cv2
 import numpy as np
+import pyarrow as pa
 
+from emotibatch import schema
+from emotibatch.registry import CLASSES_8
+from emotibatch.sink import Output
 from emotibatch.standins import FACE_SIDES, draw_face
 
 STAMP_BITS = 16
@@ -234,3 +239,75 @@ def make_sample_set(directory: str | Path) -> list[Path]:
         make_video(directory / f"{name}.mp4", width=320, height=180, seconds=4.0, faces=faces)
         for name, faces in SAMPLE_SET.items()
     ]
+
+
+def write_synthetic_extract(
+    root: str | Path,
+    means: Mapping[str, np.ndarray | None],
+    *,
+    frames: int = 20,
+    faces_per_frame: int = 1,
+    noise: float = 1.0,
+    fps: float = 10.0,
+    features_dtype: schema.FeaturesDtype = "float32",
+    model: str = "enet_b0_8_best_vgaf",
+    failed: Sequence[str] = (),
+    seed: int = 0,
+) -> None:
+    """An extract output with planted features, written one video at a time (any size fits in memory).
+
+    Per video, face 0 of each frame (track 0) has features `means[video] + noise * N(0, 1)`, other faces
+    (tracks 1, 2, ...) pure noise; None makes a clip without faces. `failed` ids get a failed videos row.
+    """
+    rng = np.random.default_rng(seed)
+    dim = len(next(m for m in means.values() if m is not None))
+    info = {"classes": list(CLASSES_8), "model": model, "detector": "det_10g", "settings": {}}
+    faces_schema = schema.with_metadata(schema.faces_schema(len(CLASSES_8), dim, features_dtype), info)
+    out = Output(str(root))
+    for video_id in failed:
+        row = {"video_id": video_id, "source_uri": video_id, "status": "failed", "error": "cannot decode"}
+        out.commit_video(video_id, None, pa.Table.from_pylist([row | {"run_id": "r"}], schema.VIDEOS_BASE))
+    for video_id, mean in means.items():
+        n = 0 if mean is None else frames * faces_per_frame
+        frame_index = np.repeat(np.arange(frames), faces_per_frame)[:n]
+        face_index = np.tile(np.arange(faces_per_frame, dtype=np.int32), frames)[:n]
+        columns: dict[str, Any] = {
+            "video_id": [video_id] * n,
+            "source_uri": [video_id] * n,
+            "frame_index": frame_index,
+            "timestamp_s": frame_index / fps,
+            "face_index": face_index,
+            "track_id": face_index.astype(np.int64),
+            "bbox": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(4 * n, np.float32)), 4),
+            "det_score": np.ones(n, np.float32),
+            "landmarks": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(10 * n, np.float32)), 10),
+            "valence": pa.nulls(n, pa.float32()),
+            "arousal": pa.nulls(n, pa.float32()),
+        }
+        logits = rng.standard_normal((n, len(CLASSES_8)), np.float32)
+        probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+        columns["emotion"] = [CLASSES_8[i] for i in probs.argmax(1)]
+        columns["emotion_probs"] = pa.FixedSizeListArray.from_arrays(
+            pa.array(probs.reshape(-1)), probs.shape[1]
+        )
+        if features_dtype != "none":
+            x = noise * rng.standard_normal((n, dim), np.float32)
+            if n:
+                x[face_index == 0] += np.asarray(mean, np.float32)
+            columns["features"] = pa.FixedSizeListArray.from_arrays(
+                pa.array(x.astype(features_dtype).reshape(-1)), dim
+            )
+        faces = pa.table({name: columns[name] for name in faces_schema.names}).cast(faces_schema)
+        row = {
+            "video_id": video_id,
+            "source_uri": video_id,
+            "status": "ok",
+            "fps": fps,
+            "frame_count": frames,
+            "duration_s": frames / fps,
+            "frames_sampled": frames,
+            "faces": n,
+            "tracks": faces_per_frame if n else 0,
+            "run_id": "r",
+        }
+        out.commit_video(video_id, faces, pa.Table.from_pylist([row], schema.VIDEOS_BASE))

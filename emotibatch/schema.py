@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 METADATA_KEY = b"emotibatch"
 FeaturesDtype = Literal["float32", "float16", "none"]
@@ -23,6 +25,30 @@ FeaturesDtype = Literal["float32", "float16", "none"]
 def vector(size: int, dtype: pa.DataType | None = None) -> pa.DataType:
     """A fixed-size float vector (boxes, landmarks, probabilities, features), float32 unless told."""
     return pa.list_(dtype or pa.float32(), size)
+
+
+def descriptor_schema(width: int, *, per_track: bool, windows: bool) -> pa.Schema:
+    """The aggregate output: one row per clip (or track, or window); the descriptor is null without faces."""
+    fields = [pa.field("video_id", pa.string(), nullable=False)]
+    if per_track:
+        fields.append(pa.field("track_id", pa.int64()))  # null on the row of a clip without faces
+    if windows:
+        fields += [pa.field("window_start_s", pa.float64()), pa.field("window_end_s", pa.float64())]
+    fields += [
+        pa.field("n_frames", pa.int64(), nullable=False),  # frames the descriptor pools over
+        pa.field("n_faces", pa.int64(), nullable=False),  # face rows it pools over
+        pa.field("has_faces", pa.bool_(), nullable=False),
+        pa.field("descriptor", vector(width)),
+    ]
+    return pa.schema(fields)
+
+
+def as_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """[N, width] float32 view of a fixed-size-list column (a copy where float16 features are widened)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    values = pc.list_flatten(column).to_numpy().reshape(-1, column.type.list_size)
+    return values.astype(np.float32, copy=False)
 
 
 def features_type(dtype: FeaturesDtype) -> pa.DataType | None:

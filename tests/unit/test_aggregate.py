@@ -18,9 +18,9 @@ from emotibatch.aggregate import (
     describe_video,
     load_descriptors,
     read_descriptors,
-    write_synthetic_extract,
 )
 from emotibatch.cli import cli
+from emotibatch.samples import write_synthetic_extract
 
 # Three frames: frame 0 and 2 with two faces (tracks 0 and 1), frame 1 with one (track 0); fps 2.
 FRAMES = [0, 0, 1, 2, 2]

@@ -15,9 +15,10 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 from emotibatch import __version__, classify
-from emotibatch.aggregate import aggregate, write_synthetic_extract
+from emotibatch.aggregate import aggregate
 from emotibatch.classify import ClipModel
 from emotibatch.cli import cli
+from emotibatch.samples import write_synthetic_extract
 
 CLASSES = ("Happy", "Sad", "Neutral")
 VGAF_CODES = {"Happy": 1, "Neutral": 2, "Sad": 3}  # Positive, Neutral, Negative

@@ -1,0 +1,244 @@
+"""`emotibatch extract` end to end, in-process: bad inputs fail alone, exit codes, the summary, reruns
+(skip finished, retry failed, refuse other settings unless --overwrite), and no credentials anywhere."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+
+import fsspec
+import pytest
+from e2e import N_FRAMES, TRACKS, assert_faces_match, by_video, invoke, read_table, summary
+
+from emotibatch import pipeline, samples
+
+SECRET, KEY, PASSWORD, SIGNATURE = "S3CR3T-VALUE", "AKIAEXAMPLEKEY", "p4ssw0rd", "SIGN4TURE"
+STORAGE_OPTIONS = json.dumps({"secret": SECRET, "key": KEY})
+# A presigned-style URL with user info: nothing listens on port 9, so it fails like an expired link.
+PRESIGNED = f"https://user:{PASSWORD}@127.0.0.1:9/bucket/presigned.mp4?X-Amz-Signature={SIGNATURE}"
+WIDE = {"COLUMNS": "1000"}  # rich wraps at 80 columns without a terminal
+
+
+def _no_secrets(text: str | bytes, where: str) -> None:
+    for secret in (SECRET, KEY, PASSWORD, SIGNATURE):
+        needle = secret.encode() if isinstance(text, bytes) else secret
+        assert needle not in text, f"{secret!r} leaked into {where}"
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory) -> dict[str, str]:
+    d = tmp_path_factory.mktemp("bad")
+    paths = {name: str(p) for name, p in samples.make_bad_inputs(d).items()}
+    paths["here"] = "memory://nothing/here.mp4"
+    paths["presigned"] = PRESIGNED
+    (d / "a_file").write_text("not a directory\n")
+    paths["under_file"] = str(d / "a_file" / "under_file.mp4")  # the path runs through a regular file
+    if os.geteuid() != 0:  # root reads anything
+        locked = d / "locked.mp4"
+        locked.write_bytes(b"\0" * 64)
+        locked.chmod(0)
+        paths["locked"] = str(locked)
+    return paths
+
+
+# What each failure must say: what went wrong, and what to do.
+ERRORS = {
+    "missing": ("not found", "check the path"),
+    "here": ("not found: memory:", "nothing/here.mp4", "check the path"),
+    "presigned": ("https://127.0.0.1:9/bucket/presigned.mp4",),
+    "empty": ("empty file (0 bytes)", "copy it again"),
+    "text": ("could not decode", "re-encode it"),
+    "truncated": ("could not decode", "re-encode it"),
+    "truncated_faststart": ("truncated_faststart.mp4", "re-encode it"),
+    "locked": ("permission denied", "check its read permission"),
+    "under_file": ("a_file/under_file.mp4", "Not a directory", "check the path"),
+}
+
+
+def test_bad_inputs_reruns_and_exit_codes(ray_cluster, videos, bad_inputs, model_args, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    inputs = [videos["small"], videos["noface"], *bad_inputs.values()]
+    head = ["extract", *inputs, "-o", out, *model_args, "--storage-options", STORAGE_OPTIONS]
+    args = [*head, "--every", 5]
+
+    # 1. Every bad input fails on its own; the good ones finish; exit 3 with a summary naming each failure.
+    first = invoke(args, env=WIDE)
+    assert first.exit_code == 3, first.output
+    videos_table = read_table(out, "videos")
+    rows = by_video(videos_table)
+    assert set(rows) == {"small", "noface", *bad_inputs}
+    assert rows["small"]["status"] == "ok" and rows["small"]["faces"] > 0
+    assert rows["noface"]["status"] == "ok"
+    assert (rows["noface"]["faces"], rows["noface"]["tracks"], rows["noface"]["frames_sampled"]) == (0, 0, 5)
+    for name in bad_inputs:
+        row = rows[name]
+        assert row["status"] == "failed", (name, row)
+        assert row["faces"] == 0 and row["error"], name
+        for phrase in ERRORS[name]:
+            assert phrase in row["error"], (name, row["error"])
+        assert f"failed {name}: {row['error']}" in first.output
+    faces = read_table(out, "faces")
+    assert set(faces["video_id"].to_pylist()) == {"small"}
+    assert_faces_match(faces, "small", TRACKS["small"], range(0, N_FRAMES, 5))
+    run = read_table(out, "runs").to_pylist()[0]
+    n_bad = len(bad_inputs)
+    assert (run["videos"], run["videos_ok"], run["videos_failed"], run["videos_skipped"]) == (
+        n_bad + 2,
+        2,
+        n_bad,
+        0,
+    )
+    shown = summary(first.output)
+    assert (shown["videos ok"], shown["videos failed"], shown["finished earlier"]) == ("2", str(n_bad), "0")
+    assert (shown["faces"], shown["output"]) == (str(rows["small"]["faces"]), str(out))
+
+    # Credentials: not in any output file, not in the summary, not in the settings.
+    assert rows["presigned"]["source_uri"] == "https://127.0.0.1:9/bucket/presigned.mp4"
+    settings = json.loads(run["settings"])
+    assert settings["storage_options"] == {"secret": "<redacted>", "key": "<redacted>"}
+    assert (
+        PRESIGNED not in settings["inputs"]
+        and "https://127.0.0.1:9/bucket/presigned.mp4" in settings["inputs"]
+    )
+    _no_secrets(first.output, "the CLI output")
+    for path in out.rglob("*"):
+        if path.is_file():
+            _no_secrets(path.read_bytes(), str(path))
+
+    # 2. The same again: finished videos are skipped, failed ones retried, no row duplicated; still exit 3.
+    faces_before = faces.sort_by("frame_index")
+    second = invoke(args, env=WIDE)
+    assert second.exit_code == 3, second.output
+    runs = read_table(out, "runs").sort_by("started_at").to_pylist()
+    assert len(runs) == 2
+    assert (runs[1]["videos"], runs[1]["videos_ok"], runs[1]["videos_failed"], runs[1]["videos_skipped"]) == (
+        n_bad + 2,
+        0,
+        n_bad,
+        2,
+    )
+    rows2 = by_video(read_table(out, "videos"))
+    assert set(rows2) == set(rows)
+    for name in rows:
+        expected_run = runs[0]["run_id"] if name in ("small", "noface") else runs[1]["run_id"]
+        assert rows2[name]["run_id"] == expected_run, name
+    assert read_table(out, "faces").sort_by("frame_index").equals(faces_before)
+    assert summary(second.output)["finished earlier"] == "2"
+
+    # 3. Other settings are refused before any work: exit 2, the reason, nothing written.
+    with monkeypatch.context() as patch:
+        patch.setattr(pipeline, "run", _refuse)
+        other = invoke([*head, "--every", 10], env=WIDE)
+    assert other.exit_code == 2, other.output
+    assert "other settings" in other.output and "sampling" in other.output and "--overwrite" in other.output
+    assert len(read_table(out, "runs")) == 2
+
+    # 4. --overwrite replaces everything; all inputs ok: exit 0.
+    good = [
+        "extract",
+        videos["small"],
+        videos["noface"],
+        "-o",
+        out,
+        "--every",
+        10,
+        *model_args,
+        "--overwrite",
+    ]
+    last = invoke(good, env=WIDE)
+    assert last.exit_code == 0, last.output
+    rows3 = by_video(read_table(out, "videos"))
+    assert set(rows3) == {"small", "noface"} and {r["status"] for r in rows3.values()} == {"ok"}
+    assert len(read_table(out, "runs")) == 1
+    assert set(read_table(out, "faces")["frame_index"].to_pylist()) == set(range(0, N_FRAMES, 10))
+    assert summary(last.output)["videos failed"] == "0" and "\nfailed " not in last.output
+
+
+def _refuse(*args, **kwargs):
+    raise AssertionError("a job ran")
+
+
+@pytest.fixture
+def no_job(monkeypatch):
+    """Fail the test if a job is started."""
+    monkeypatch.setattr(pipeline, "run", _refuse)
+    monkeypatch.setattr(pipeline, "execute", _refuse)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--model", "no_such_model"], "unknown model 'no_such_model'"),
+        (["--detector", "no_such_detector"], "unknown model 'no_such_detector'"),
+        (["--fps", "0"], "sampling 'fps' needs a frame rate > 0"),
+        (["--fps", "5", "--every", "2"], "choose one of --fps, --every, --all-frames"),
+        (["--every", "0"], "sampling 'every' needs an integer >= 1"),
+        (["--features-dtype", "float64"], "float64"),
+        (["--segment-seconds", "0"], "--segment-seconds must be > 0"),
+        (["--faces-cropped"], "--faces-cropped applies to --frame-folders inputs only"),
+        (["--storage-options", "[1]"], "must be a JSON object"),
+    ],
+)
+def test_bad_options_exit_2_before_any_work(no_job, videos, model_args, tmp_path, options, message):
+    out = tmp_path / "out"
+    result = invoke(["extract", videos["small"], "-o", out, *model_args, *options], env=WIDE)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert not out.exists()
+
+
+def test_unwritable_output_exits_2(no_job, videos, model_args, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a regular file, not a directory\n")
+    result = invoke(["extract", videos["small"], "-o", blocker / "out", *model_args], env=WIDE)
+    assert result.exit_code == 2, result.output
+    assert str(blocker) in result.output
+    assert blocker.read_text() == "a regular file, not a directory\n"
+
+
+def test_input_that_matches_nothing_exits_2(no_job, model_args, tmp_path):
+    result = invoke(["extract", tmp_path / "nothing-here", "-o", tmp_path / "out", *model_args], env=WIDE)
+    assert result.exit_code == 2, result.output
+    assert "not found" in result.output
+
+
+def test_help_documents_exit_codes_and_options():
+    result = invoke(["extract", "--help"], env=WIDE)
+    assert result.exit_code == 0
+    text = " ".join(result.output.split())
+    assert "Exit codes: 0 every input ok, 3 some inputs failed (see OUTPUT/videos), 2 bad usage" in text
+    for option in (
+        "--fps",
+        "--every",
+        "--all-frames",
+        "--segment-seconds",
+        "--frame-folders",
+        "--frame-rate",
+        "--faces-cropped",
+        "--features-dtype [float32|float16|none]",
+        "--overwrite",
+        "--device",
+    ):
+        assert option in text, option
+
+
+def test_output_uri_credentials_never_shown(ray_cluster, model_args, monkeypatch):
+    """An output URI with user info is shown redacted: in the summary and in the refusal of a rerun."""
+    path = f"bucket/out-{uuid.uuid4().hex}"
+    output = f"memory://user:{PASSWORD}@{path}"
+    head = ["extract", "memory://bucket/nothing.mp4", "-o", output, *model_args]
+    try:
+        first = invoke([*head, "--every", 5], env=WIDE)
+        assert first.exit_code == 3, first.output
+        assert summary(first.output)["output"] == f"memory://{path}"
+        with monkeypatch.context() as patch:
+            patch.setattr(pipeline, "run", _refuse)
+            other = invoke([*head, "--every", 10], env=WIDE)
+        assert other.exit_code == 2 and "other settings" in other.output, other.output
+        _no_secrets(first.output, "the summary")
+        _no_secrets(other.output, "the refusal")
+    finally:
+        memory = fsspec.filesystem("memory")
+        for root in [p for p in memory.ls("/", detail=False) if PASSWORD in p]:
+            memory.rm(root, recursive=True)

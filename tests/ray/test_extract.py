@@ -1,0 +1,205 @@
+"""End-to-end extraction on a local Ray: exact rows for known faces under each sampling rule, segments,
+features dtypes, the CPU path, provenance metadata and the videos/ and runs/ tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import ray
+from e2e import FPS, N_FRAMES, SIZES, TRACKS, assert_faces_match, by_video, read_table, sort_faces
+
+from emotibatch import pipeline, registry, runtime, schema
+from emotibatch.decode import Sampling, Segment, VideoInfo, decode_segment, plan_segments, sample_indices
+from emotibatch.embed import EmotionModel
+from emotibatch.preprocess import crop_faces
+from emotibatch.sources import VideoSource
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+EVERY_5 = list(range(0, N_FRAMES, 5))
+FPS_4 = [0, 6, 13, 19, 25, 31, 38, 44]  # nearest frame to k / 4 s at 25 fps, ties (12.5, 37.5) up
+
+
+def _info(name: str) -> VideoInfo:
+    width, height = SIZES[name]
+    return VideoInfo(FPS, N_FRAMES, N_FRAMES / FPS, width, height)
+
+
+def check_run(
+    config, result: pipeline.RunResult, frames: list[int], *, features: str, va: bool, names=tuple(TRACKS)
+) -> pa.Table:
+    """Everything a run over the videos `names` under `config` must have written; returns its faces."""
+    out = Path(config.output)
+    for name in names:
+        assert sample_indices(_info(name), config.sampling).tolist() == frames
+
+    faces = read_table(out, "faces")
+    assert faces is not None
+    assert set(faces["video_id"].to_pylist()) == set(names)
+    tracks = {name: assert_faces_match(faces, name, TRACKS[name], frames) for name in names}
+    # Every sampled frame shows a face here, so the frame_index set is the sampled set.
+    for name in names:
+        rows = faces.filter(pc.equal(faces["video_id"], name))
+        assert sorted(set(rows["frame_index"].to_pylist())) == frames
+        assert set(rows["source_uri"].to_pylist()) == {str(Path(config.inputs[0]).parent / f"{name}.mp4")}
+    keys = list(zip(*(faces[c].to_pylist() for c in ("video_id", "frame_index", "face_index"))))
+    assert len(keys) == len(set(keys))
+
+    # Emotions: probabilities sum to 1, the label is the argmax, valence/arousal only from an MTL model.
+    meta = schema.read_metadata(pq.read_schema(next((out / "faces").glob("*.parquet"))))
+    assert meta["classes"] == list(registry.CLASSES_8)
+    probs = np.array(faces["emotion_probs"].to_pylist())
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert faces["emotion"].to_pylist() == [meta["classes"][i] for i in probs.argmax(axis=1)]
+    for column in ("valence", "arousal"):
+        assert faces[column].null_count == (0 if va else len(faces))
+
+    # Provenance under the one metadata key: models, classes, settings (credentials removed), run.
+    assert meta["model"] == config.model and meta["detector"] == config.detector
+    assert meta["settings"] == config.public() and meta["run_id"] == result.run_id
+    assert meta["settings"]["sampling"] == {"mode": config.sampling.mode, "value": config.sampling.value}
+
+    # Features column: as asked.
+    if features == "none":
+        assert "features" not in faces.column_names
+    else:
+        assert faces.schema.field("features").type == schema.vector(1280, getattr(pa, features)())
+
+    # videos/: one ok row per input with the probe's numbers and the run's counts.
+    videos = by_video(read_table(out, "videos"))
+    assert set(videos) == set(names)
+    assert by_video(pa.Table.from_pylist(result.videos)) == videos
+    for name in names:
+        width, height = SIZES[name]
+        row = videos[name]
+        n_faces = pc.sum(pc.equal(faces["video_id"], name)).as_py()
+        assert row["status"] == "ok" and row["error"] is None and row["run_id"] == result.run_id
+        assert (row["fps"], row["frame_count"], row["width"], row["height"]) == (FPS, N_FRAMES, width, height)
+        assert row["duration_s"] == pytest.approx(N_FRAMES / FPS)
+        assert (row["frames_sampled"], row["faces"], row["tracks"]) == (
+            len(frames),
+            n_faces,
+            len(tracks[name]),
+        )
+        assert row["tracks"] == len(TRACKS[name])
+        assert row["decode_s"] > 0 and row["infer_s"] > 0
+
+    # runs/: exactly this run's row.
+    runs = read_table(out, "runs")
+    assert runs.num_rows == 1
+    run = runs.to_pylist()[0]
+    assert run["run_id"] == result.run_id and run["started_at"] <= run["ended_at"]
+    assert json.loads(run["settings"]) == config.public()
+    n = len(names)
+    assert (run["videos"], run["videos_ok"], run["videos_failed"], run["videos_skipped"]) == (n, n, 0, 0)
+    assert run["frames_sampled"] == n * len(frames)
+    assert run["frames_decoded"] >= run["frames_sampled"]
+    assert run["faces"] == len(faces) and run["tracks"] == sum(len(TRACKS[name]) for name in names)
+    assert run["wall_s"] > 0 and run["frames_per_s"] == pytest.approx(n * len(frames) / run["wall_s"])
+    return faces
+
+
+def check_against_model(faces: pa.Table, video: Path, model: str, frames: list[int]) -> None:
+    """Features and probabilities equal the emotion model run on crops of the decoded frames."""
+    name = video.stem
+    wanted = sort_faces(
+        faces.filter(
+            pc.and_(pc.equal(faces["video_id"], name), pc.is_in(faces["frame_index"], pa.array(frames)))
+        )
+    )
+    assert wanted.num_rows > len(frames)
+    segment = Segment(name, 0, 0, N_FRAMES, tuple(frames))
+    decoded = {i: f for i, _, f in decode_segment(VideoSource(str(video), name), _info(name), segment)}
+    crops = [crop_faces(decoded[r["frame_index"]], np.array([r["bbox"]]))[0] for r in wanted.to_pylist()]
+    out = EmotionModel.load(model, device="cpu").predict(crops)
+    np.testing.assert_allclose(np.array(wanted["emotion_probs"].to_pylist()), out.probs, rtol=1e-5, atol=1e-6)
+    if "features" in wanted.column_names:
+        dtype = wanted.schema.field("features").type.value_type.to_pandas_dtype()
+        got = np.array(wanted["features"].to_pylist(), np.float32)
+        np.testing.assert_allclose(got, out.features.astype(dtype).astype(np.float32), rtol=1e-3, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def every_run(make_config, videos, tmp_path_factory):
+    """--every 5 over `known` and `small`, one segment per video (the unsplit reference)."""
+    config = make_config(
+        [videos["known"], videos["small"]],
+        tmp_path_factory.mktemp("every") / "out",
+        sampling=Sampling("every", 5),
+        segment_seconds=None,
+    )
+    return config, pipeline.extract(config)
+
+
+def test_every_exact_rows(every_run, videos):
+    config, result = every_run
+    faces = check_run(config, result, EVERY_5, features="float32", va=False)
+    check_against_model(faces, videos["known"], config.model, [0, 10, 25])
+    check_against_model(faces, videos["small"], config.model, [5, 45])
+
+
+def test_fps_exact_rows_float16_features(make_config, videos, tmp_path):
+    config = make_config(
+        [videos["known"], videos["small"]],
+        tmp_path / "out",
+        sampling=Sampling("fps", 4.0),
+        features_dtype="float16",
+    )
+    result = pipeline.extract(config)
+    faces = check_run(config, result, FPS_4, features="float16", va=False)
+    check_against_model(faces, videos["known"], config.model, [13, 38])
+
+
+def test_all_frames_exact_rows_no_features_auto_device(make_config, videos, mtl_path, tmp_path):
+    """--all-frames with --features-dtype none and an MTL model, on device "auto": the CPU here."""
+    if not runtime.cuda_available():  # "auto" is the CPU here, on the driver and on the workers
+        assert runtime.providers_for("auto") == [runtime.CPU]
+        assert ray.get(ray.remote(num_cpus=0)(runtime.providers_for).remote("auto")) == [runtime.CPU]
+    config = make_config(
+        [videos["small"]],
+        tmp_path / "out",
+        model=str(mtl_path),
+        sampling=Sampling("all"),
+        features_dtype="none",
+        device="auto",
+    )
+    result = pipeline.extract(config)
+    faces = check_run(config, result, list(range(N_FRAMES)), features="none", va=True, names=("small",))
+    check_against_model(faces, videos["small"], config.model, [0, 5, 49])
+    assert json.loads(read_table(tmp_path / "out", "runs")["settings"][0].as_py())["device"] == "auto"
+
+
+def test_segments_give_the_same_rows_and_tracks(every_run, make_config, tmp_path):
+    """Cut into 0.3 s segments (1-2 sampled frames each): the same rows and track ids as unsplit."""
+    reference_config, _ = every_run
+    config = make_config(
+        reference_config.inputs, tmp_path / "out", sampling=Sampling("every", 5), segment_seconds=0.3
+    )
+    assert len(plan_segments(_info("known"), EVERY_5, 0.3, video_id="known")) == 7
+    result = pipeline.extract(config)
+    assert [v["status"] for v in result.videos] == ["ok", "ok"]
+    split = sort_faces(read_table(config.output, "faces"))
+    unsplit = sort_faces(read_table(reference_config.output, "faces"))
+    assert split.schema.equals(unsplit.schema)  # metadata aside
+    assert split.num_rows == unsplit.num_rows > 0
+    for column in split.column_names:
+        a, b = split[column].to_pylist(), unsplit[column].to_pylist()
+        if pa.types.is_floating(split.schema.field(column).type) or pa.types.is_fixed_size_list(
+            split.schema.field(column).type
+        ):
+            np.testing.assert_allclose(
+                np.array(a, np.float64), np.array(b, np.float64), rtol=1e-5, err_msg=column
+            )
+        else:
+            assert a == b, column
+    split_videos = by_video(read_table(config.output, "videos"))
+    unsplit_videos = by_video(read_table(reference_config.output, "videos"))
+    for vid, row in split_videos.items():
+        for key in ("status", "frames_sampled", "faces", "tracks", "frame_count"):
+            assert row[key] == unsplit_videos[vid][key], (vid, key)
