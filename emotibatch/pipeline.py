@@ -86,13 +86,17 @@ def _probe(source: VideoSource, config: ExtractConfig) -> VideoJob:
     except DecodeError as exc:
         return VideoJob(source, None, str(exc))
     except OSError as exc:  # unreadable in a way the decoder has no message for: fail this video only
-        reason = exc.strerror or type(exc).__name__
-        return VideoJob(source, None, f"cannot read {source.source_uri}: {reason}; check the path")
+        return VideoJob(source, None, _unreadable(source, exc))
     indices = sample_indices(info, config.sampling)
     if not len(indices):
         return VideoJob(source, info, None)
     segments = plan_segments(info, indices, config.segment_seconds, video_id=source.video_id)
     return VideoJob(source, info, None, tuple(int(i) for i in indices), tuple(segments))
+
+
+def _unreadable(source: VideoSource, exc: OSError) -> str:
+    """An OSError as a message: its reason only, since its text may quote a signed URL."""
+    return f"cannot read {source.source_uri}: {exc.strerror or type(exc).__name__}; check the path and access"
 
 
 def probe_all(sources: list[VideoSource], config: ExtractConfig) -> list[VideoJob]:
@@ -149,9 +153,10 @@ def decode_segments(batch: pa.Table, config: ExtractConfig) -> Iterator[pa.Table
                 if len(rows) == FRAMES_PER_BLOCK:
                     yield _frame_block(source.video_id, segment.segment_index, rows)
                     rows = []
-        except DecodeError as exc:
+        except (DecodeError, OSError) as exc:  # OSError: storage failing after the probe succeeded
+            error = exc if isinstance(exc, DecodeError) else _unreadable(source, exc)
             rows.append((-1, b"", 0, 0, time.perf_counter() - started))
-            yield _frame_block(source.video_id, segment.segment_index, rows, error=str(exc))
+            yield _frame_block(source.video_id, segment.segment_index, rows, error=str(error))
             continue
         if rows:
             yield _frame_block(source.video_id, segment.segment_index, rows)
@@ -320,9 +325,11 @@ def _faces_table(job: VideoJob, staged: pa.Table | None, faces_schema: pa.Schema
     frame_index = np.repeat(staged["frame_index"].to_numpy(), counts)
     face_index = np.concatenate([np.arange(c, dtype=np.int32) for c in counts])
     bbox = pc.list_flatten(staged["bbox"])
-    tracks = assign_tracks(frame_index, _matrix(bbox), sampled_frames=np.asarray(job.indices, np.int64))
+    tracks = assign_tracks(
+        frame_index, schema.as_matrix(bbox), sampled_frames=np.asarray(job.indices, np.int64)
+    )
     probs = pc.list_flatten(staged["emotion_probs"])
-    labels = np.array(schema.read_metadata(faces_schema)["classes"])[_matrix(probs).argmax(axis=1)]
+    labels = np.array(schema.read_metadata(faces_schema)["classes"])[schema.as_matrix(probs).argmax(axis=1)]
     n = len(frame_index)
     columns = {
         "video_id": pa.array([job.source.video_id] * n, pa.string()),
@@ -342,12 +349,6 @@ def _faces_table(job: VideoJob, staged: pa.Table | None, faces_schema: pa.Schema
     if "features" in faces_schema.names:
         columns["features"] = pc.list_flatten(staged["features"])
     return pa.table(columns).cast(faces_schema)
-
-
-def _matrix(vectors: pa.ChunkedArray) -> np.ndarray:
-    """[N, width] numpy view of a fixed-size-list column."""
-    width = vectors.type.list_size
-    return pc.list_flatten(vectors).to_numpy().reshape(-1, width)
 
 
 def _video_row(job: VideoJob, run_id: str) -> dict:
