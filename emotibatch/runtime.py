@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ctypes.util
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Literal
@@ -41,8 +42,8 @@ def cpu_share() -> int:
 
         if ray.is_initialized():
             assigned = ray.get_runtime_context().get_assigned_resources().get("CPU")
-            if assigned:
-                return max(1, int(assigned))
+            if assigned:  # fractional shares round up: an actor given 1.5 CPUs runs 2 threads
+                return max(1, math.ceil(assigned))
     except (ImportError, AssertionError):  # no Ray, or the driver (only workers have assigned resources)
         pass
     return max(1, len(os.sched_getaffinity(0)))
