@@ -21,8 +21,9 @@ without a frame index: off by up to 288 frames for H.264 in AVI, 230 in MPEG-PS 
 and in MPEG-TS even sequential reads are off by a GOP. Those videos, and every video where decord has no
 wheel, are decoded by PyAV from the start, keeping the wanted frames; `VideoInfo.seekable` is then False and
 `plan_segments` keeps them whole, since every segment would decode from frame 0 again. decord gets an
-explicit thread count: 0 would start FFmpeg threads beyond the task's CPUs. A remote video is read through
-fsspec as a file object, which decord loads whole into memory.
+explicit thread count: 0 would start FFmpeg threads beyond the task's CPUs. A remote video is decoded from
+a copy in the node-local cache (`storage.local_copy`), fetched once per node however many segments it has:
+decord would load a file object whole into memory, in every segment task.
 
 Frame folders (`VideoSource.kind == "frames"`): the last run of digits in an image's name is its frame
 number and frame_index = number - 1 (ABAW's `00001.jpg` is frame 0). Gaps are kept: frame_count is the
@@ -41,15 +42,16 @@ import os
 import posixpath
 import re
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import IO, Literal
+from typing import Literal
 
 import av
 import cv2
 import fsspec
 import numpy as np
 
+from emotibatch import storage
 from emotibatch.sources import IMAGE_EXTENSIONS, VideoSource, is_local, open_fs
 
 Backend = Literal["decord", "pyav"]
@@ -238,35 +240,38 @@ def _denied(shown: str) -> DecodeError:
 
 
 @contextmanager
-def _video_file(source: VideoSource, storage_options: dict | None) -> Iterator[tuple[str | IO[bytes], int]]:
-    """What the decoder opens (a local path, or a remote file object) and the file's size, after the
-    checks that give a missing, empty or unreadable file its own message."""
+def _video_file(source: VideoSource, storage_options: dict | None) -> Iterator[tuple[str, int]]:
+    """The local path the decoder opens and the file's size, after the checks that give a missing, empty
+    or unreadable file its own message. A remote video is a copy in the node-local cache (storage.py)."""
     shown = source.source_uri
     fs, path = open_fs(source.uri, storage_options)
+    local = is_local(fs)
     try:
-        info = fs.info(path)
+        info = fs.info(path) if local else storage.retrying(lambda: fs.info(path), shown)
     except FileNotFoundError:
         raise _not_found(shown) from None
     except PermissionError:
         raise _denied(shown) from None
+    except storage.StorageError as exc:
+        raise DecodeError(str(exc)) from None
     if info["type"] == "directory":
         raise DecodeError(f"{shown} is a directory, not a video; for a folder of frames use --frame-folders")
     if not info["size"]:
         raise DecodeError(f"empty file (0 bytes): {shown}; the copy or upload probably failed: copy it again")
-    if is_local(fs):
+    if local:
         if not os.access(path, os.R_OK):
             raise _denied(shown)
         yield path, info["size"]
         return
-    try:
-        file = fs.open(path, "rb")
-    except PermissionError:
-        raise _denied(shown) from None
-    with file:
-        yield file, info["size"]
+    with ExitStack() as stack:
+        try:
+            copy = stack.enter_context(storage.local_copy(source.uri, storage_options, info=info))
+        except storage.StorageError as exc:
+            raise DecodeError(str(exc)) from None
+        yield str(copy), info["size"]
 
 
-def _decord_reader(file: str | IO[bytes], num_threads: int, shown: str):  # -> decord.VideoReader
+def _decord_reader(file: str, num_threads: int, shown: str):  # -> decord.VideoReader
     import decord
 
     try:

@@ -7,9 +7,10 @@
     OUT/_staging/<video>/...      per-frame results of extraction, until the per-video pass commits them
 
 Every file is written whole or not at all: on a local disk to a hidden temporary name then renamed, on an
-object store by a single PUT (objects appear atomically). Readers (pyarrow datasets, Ray Data) skip names
-that start with "_" or ".", so neither staging nor temporaries are ever read as results. A video counts
-as finished when its `videos/` row says ok: a crash between its faces file and that row redoes the video.
+object store from memory by one PUT, or for large files a multipart upload completed last (objects appear
+atomically), retried on transient errors (storage.py). Readers (pyarrow datasets, Ray Data) skip names that
+start with "_" or ".", so neither staging nor temporaries are ever read as results. A video counts as
+finished when its `videos/` row says ok: a crash between its faces file and that row redoes the video.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ from fsspec.implementations.local import LocalFileSystem
 from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 
+from emotibatch import storage
+from emotibatch.redact import redact_uri
+
 SETTINGS_FILE = "_emotibatch.json"
 STAGING = "_staging"
 TABLES = ("faces", "videos", "runs")
@@ -35,6 +39,12 @@ TABLES = ("faces", "videos", "runs")
 def video_key(video_id: str) -> str:
     """A file name for a video id (ids may hold "/" and other characters file systems dislike)."""
     return urllib.parse.quote(video_id, safe="") or "%00"
+
+
+def _dictionary_columns(table: pa.Table) -> list[str]:
+    """Dictionary-encode the repetitive strings only: on float vectors (float16 features above all) the
+    dictionary makes every later read several times slower and saves nothing."""
+    return [f.name for f in table.schema if pa.types.is_string(f.type)]
 
 
 class Output:
@@ -60,11 +70,15 @@ class Output:
         self.fs.makedirs(parent, exist_ok=True)
         if isinstance(self.fs, LocalFileSystem):
             temporary = f"{parent}/.tmp-{uuid.uuid4().hex}"
-            pq.write_table(table, temporary, filesystem=self.fs)
+            pq.write_table(table, temporary, filesystem=self.fs, use_dictionary=_dictionary_columns(table))
             self.fs.mv(temporary, path)
         else:
-            with self.fs.open(path, "wb") as f:
-                pq.write_table(table, f)
+            # Serialised first: a file object left by a failed write would still commit on close.
+            buffer = pa.BufferOutputStream()
+            pq.write_table(table, buffer, use_dictionary=_dictionary_columns(table))
+            data = buffer.getvalue().to_pybytes()
+            shown = redact_uri(self.fs.unstrip_protocol(path))
+            storage.retrying(lambda: self.fs.pipe_file(path, data), shown, "write")
 
     def read_tables(self, table: str) -> pa.Table | None:
         """All files of one table concatenated (schemas unified), or None when there are none."""
@@ -93,13 +107,13 @@ class Output:
             if changed:
                 details = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(changed.items()))
                 raise ValueError(
-                    f"{self.root} holds results made with other settings ({details}); use another --output, "
+                    f"{redact_uri(self.root)} holds results made with other settings ({details}); use another --output, "
                     "or --overwrite to replace them"
                 )
             return
         elif any(self._files(self.join(t)) for t in TABLES):
             raise ValueError(
-                f"{self.root} holds tables but no {SETTINGS_FILE}; use --overwrite to replace them"
+                f"{redact_uri(self.root)} holds tables but no {SETTINGS_FILE}; use --overwrite to replace them"
             )
         self.fs.makedirs(self.path, exist_ok=True)
         with self.fs.open(path, "w") as f:

@@ -1,0 +1,365 @@
+"""Remote files: retries, errors a person can act on, and a bounded node-local cache of whole videos.
+
+decord reads a file object whole into memory, and every segment task of a video would fetch it again, so
+a remote video is copied once per node into a cache directory and decoded from there (`local_copy`):
+
+- a copy is named by the redacted URI, the size and the ETag or modification time: a rewritten object
+  gets a new copy, a stale one is never used;
+- the first task that needs a copy fetches it under an exclusive `flock` on the copy's lock file, into a
+  `.part` file reserved at full size and renamed into place when complete; the others wait on that lock,
+  then share the copy;
+- readers hold a shared lock, and eviction (least recently used first, until the cache fits its limit)
+  only deletes copies whose lock it can take exclusively at once: never one in use or being written.
+
+The cache is `$EMOTIBATCH_VIDEO_CACHE` (default `emotibatch-videos` in the system temp dir), bounded by
+`$EMOTIBATCH_VIDEO_CACHE_BYTES` (default the smaller of 20 GiB and half of what it could take: free space
+plus its own bytes). Copies in use may hold it over the limit for as long as they are used.
+
+Transient errors (connection resets, timeouts, 5xx, throttling) are retried at two levels: each S3
+request by botocore (`S3_DEFAULTS`, fsspec's defaults for s3:// from import on; explicit storage options
+or fsspec's own config win), and whole operations by `retrying`, with exponential backoff, a download
+resuming where it stopped. Permanent ones (403, 404, other 4xx) fail at once. Either way the error is a
+`StorageError` naming the redacted URI, the HTTP status where known, and what to do.
+"""
+
+from __future__ import annotations
+
+import copy
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import posixpath
+import random
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import fsspec
+
+from emotibatch.redact import redact_uri
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "EMOTIBATCH_VIDEO_CACHE"
+CACHE_BYTES_ENV = "EMOTIBATCH_VIDEO_CACHE_BYTES"
+DEFAULT_CACHE_BYTES = 20 * 2**30
+# One ranged read per chunk: what a download holds in memory, however large the file.
+CHUNK = 16 * 2**20
+ATTEMPTS = 4
+BACKOFF_S = 1.0
+MAX_BACKOFF_S = 30.0
+# botocore's "standard" mode retries 5xx, throttling (503 SlowDown) and connection errors per request.
+# total_max_attempts, not max_attempts: botocore rewrites the latter in place, in this shared dict.
+S3_DEFAULTS: dict[str, Any] = {"config_kwargs": {"retries": {"total_max_attempts": 5, "mode": "standard"}}}
+CREDENTIALS_HINT = "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or --storage-options"
+
+# fsspec `info` keys that change when an object is rewritten, whichever the filesystem reports.
+_STAMP_KEYS = ("ETag", "etag", "LastModified", "last_modified", "mtime", "updated", "generation")
+# Errors in our code or the caller's, not in the storage: never retried.
+_BUGS = (TypeError, ValueError, AttributeError, KeyError, IndexError, NotImplementedError, AssertionError)
+_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+_RETRIED_4XX = (408, 429)  # request timeout, too many requests
+_HTTP_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "http", "https")
+_LOCK = ".lock"
+_PART = ".part"
+_EXTENSION = re.compile(r"\.[a-z0-9]{1,10}")
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
+
+T = TypeVar("T")
+
+
+class StorageError(OSError):
+    """A remote file that could not be read or written. The message names it (redacted) and what to do."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.strerror = message  # what handlers of any OSError show as its reason
+
+
+def _install_defaults() -> None:
+    """Make `S3_DEFAULTS` fsspec's defaults for every s3:// filesystem this process opens."""
+    defaults = fsspec.config.conf.setdefault("s3", {})
+    for key, value in S3_DEFAULTS.items():
+        defaults.setdefault(key, copy.deepcopy(value))
+
+
+_install_defaults()
+
+
+# -- errors and retries ----------------------------------------------------------------------------------
+
+
+def _http_status(exc: BaseException) -> tuple[int | None, str]:
+    """The HTTP status and S3 error code behind `exc`, if any: s3fs keeps botocore's error as the cause,
+    fsspec's HTTP filesystem raises aiohttp's ClientResponseError."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = str(response.get("Error", {}).get("Code") or "")
+            return status, "" if code == str(status) else code  # a HEAD's error has no body, no code
+        if getattr(seen, "request_info", None) is not None and isinstance(getattr(seen, "status", None), int):
+            return seen.status, ""  # type: ignore[attr-defined]
+        seen = seen.__cause__ or seen.__context__
+    return None, ""
+
+
+def _one_line(exc: BaseException) -> str:
+    """`exc` in one short line, URLs in it redacted (a presigned URL carries its signature)."""
+    text = " ".join(str(exc).split())
+    text = _URL.sub(lambda m: redact_uri(m.group()), text)
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+def _is_permanent(exc: BaseException) -> bool:
+    if isinstance(exc, _PERMANENT):
+        return True
+    status, _ = _http_status(exc)
+    return status is not None and 400 <= status < 500 and status not in _RETRIED_4XX
+
+
+def _message(exc: BaseException, shown: str, verb: str, attempts: int) -> str:
+    status, code = _http_status(exc)
+    if status is None and shown.split("://", 1)[0] in _HTTP_SCHEMES:
+        # Object stores' filesystems raise these for 404 / 403 but may drop the response (s3fs on HEAD).
+        status = {FileNotFoundError: 404, PermissionError: 403}.get(type(exc))
+    http = f"HTTP {status} {code}".strip() if status else ""
+    where = f"{shown} ({http})" if http else shown
+    if isinstance(exc, FileNotFoundError) or status == 404:
+        return f"not found: {where}; check the path"
+    if isinstance(exc, PermissionError) or status in (401, 403):
+        return (
+            f"access denied: {where}; check the credentials ({CREDENTIALS_HINT}) and that the bucket "
+            f"policy lets them {verb} it"
+        )
+    if _is_permanent(exc):
+        return f"the storage refused to {verb} {where}; check the path and --storage-options"
+    return (
+        f"could not {verb} {shown} after {attempts} attempts ({http or _one_line(exc)}); the storage was "
+        "unreachable or overloaded: run the job again"
+    )
+
+
+def retrying(action: Callable[[], T], shown: str, verb: str = "read") -> T:
+    """`action()`, run again after a backoff while it fails with a transient storage error.
+
+    `shown` (a redacted URI) and `verb` ("read", "write") make the message of the StorageError raised for
+    a permanent error, or once ATTEMPTS are spent. Errors of the program itself propagate unchanged.
+    """
+    attempt = 1
+    while True:
+        try:
+            return action()
+        except (StorageError, *_BUGS):
+            raise
+        except Exception as exc:
+            if _is_permanent(exc) or attempt == ATTEMPTS:
+                raise StorageError(_message(exc, shown, verb, attempt)) from None
+            delay = min(MAX_BACKOFF_S, BACKOFF_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+            log.warning("%s %s failed (%s); retrying in %.1f s", verb, shown, _one_line(exc), delay)
+            time.sleep(delay)
+            attempt += 1
+
+
+# -- the node-local cache --------------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "emotibatch-videos")
+
+
+def cache_limit(root: Path, cached: int) -> int:
+    """The cache's bound in bytes, given the `cached` bytes it holds (see the module docstring)."""
+    value = os.environ.get(CACHE_BYTES_ENV)
+    if value is None:
+        return min(DEFAULT_CACHE_BYTES, (shutil.disk_usage(root).free + cached) // 2)
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{CACHE_BYTES_ENV} must be a whole number of bytes, got {value!r}") from None
+
+
+def _copy_name(shown: str, info: Mapping[str, Any]) -> str:
+    stamp = [shown, str(info.get("size"))]
+    stamp += [f"{k}={info[k]}" for k in _STAMP_KEYS if info.get(k) is not None]
+    extension = posixpath.splitext(shown)[1].lower()
+    digest = hashlib.sha256("\n".join(stamp).encode()).hexdigest()[:32]
+    return digest + (extension if _EXTENSION.fullmatch(extension) else "")
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
+def _lock(path: Path, operation: int) -> int:
+    """A descriptor holding the flock `operation` on the lock file `path` (BlockingIOError under LOCK_NB).
+
+    Eviction deletes a lock file while holding it: a lock taken meanwhile on the deleted file would guard
+    nothing, so it is dropped and taken again on the file now at `path`.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, operation)
+            if _same_file(fd, path):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def _evict(path: Path) -> bool:
+    """Delete a copy (or a dead download's `.part`) unless someone holds its lock."""
+    name = path.name.removesuffix(_PART)
+    lock = path.with_name(name + _LOCK)
+    try:
+        fd = _lock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    try:
+        path.with_name(name).unlink(missing_ok=True)
+        path.with_name(name + _PART).unlink(missing_ok=True)
+        lock.unlink()
+    finally:
+        os.close(fd)
+    return True
+
+
+def _make_room(root: Path, need: int) -> None:
+    """Evict the least recently used copies no one holds until the cache and `need` more bytes fit."""
+    entries = []
+    for path in root.iterdir():
+        if path.name.startswith(".") or path.name.endswith(_LOCK):
+            continue
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # evicted by another node-mate just now
+            continue
+        entries.append((stat.st_mtime, stat.st_size, path))
+    total = sum(size for _, size, _ in entries)
+    limit = cache_limit(root, total)
+    for _, size, path in sorted(entries):
+        if total + need <= limit:
+            return
+        if _evict(path):
+            total -= size
+    if total + need > limit:
+        log.warning("video cache %s: %d bytes in use, over its limit of %d bytes", root, total + need, limit)
+
+
+def _reserve(part: Path, size: int, shown: str) -> None:
+    """Create `part` at its full size: the accounting sees a download before it lands, and a full disk
+    fails now rather than after most of the fetch."""
+    with open(part, "wb") as f:
+        f.truncate(size)
+        if not hasattr(os, "posix_fallocate"):  # macOS: the sparse file still counts its size
+            return
+        try:
+            os.posix_fallocate(f.fileno(), 0, size)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                return  # a file system without preallocation
+            raise StorageError(
+                f"no space left to copy {shown} ({size} bytes) into the video cache {part.parent}; free "
+                f"disk space, or set {CACHE_ENV} to a larger disk ({CACHE_BYTES_ENV} bounds the cache)"
+            ) from None
+
+
+def _download(fs: fsspec.AbstractFileSystem, path: str, target: Path, size: int, shown: str) -> None:
+    """Fetch the file into `target` (caller holds its lock exclusively), in CHUNK reads, resuming after a
+    transient error where it stopped."""
+    part = target.with_name(target.name + _PART)
+    accounting = _lock(target.parent / _LOCK, fcntl.LOCK_EX)
+    try:
+        _make_room(target.parent, size)
+        _reserve(part, size, shown)
+    finally:
+        os.close(accounting)
+    done = 0
+    resumed = False
+
+    def fetch() -> None:
+        nonlocal done, resumed
+        resumed = resumed or done > 0
+        with fs.open(path, "rb", block_size=CHUNK, cache_type="none") as src, open(part, "r+b") as dst:
+            src.seek(done)
+            dst.seek(done)
+            while chunk := src.read(min(CHUNK, size - done)):
+                dst.write(chunk)
+                done += len(chunk)
+        if done != size:
+            raise EOFError(f"got {done} of {size} bytes")
+
+    try:
+        retrying(fetch, shown)
+        if resumed:  # the pieces must all come from the object the copy is named after
+            fs.invalidate_cache(path)
+            info = retrying(lambda: fs.info(path), shown)
+            if _copy_name(shown, info) != target.name:
+                raise StorageError(f"{shown} changed while it was being fetched; run the job again")
+        os.replace(part, target)
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+
+
+def _acquire(fs: fsspec.AbstractFileSystem, path: str, target: Path, size: int, shown: str) -> int:
+    """A descriptor holding a shared lock on `target`'s lock file, `target` complete (fetched if missing)."""
+    lock = target.with_name(target.name + _LOCK)
+    while True:
+        fd = _lock(lock, fcntl.LOCK_SH)
+        if target.exists():
+            return fd
+        os.close(fd)
+        fd = _lock(lock, fcntl.LOCK_EX)
+        try:
+            if not target.exists():
+                _download(fs, path, target, size, shown)
+            fcntl.flock(fd, fcntl.LOCK_SH)  # not atomic: an eviction may slip in, hence the checks below
+        except BaseException:
+            if not target.exists():
+                lock.unlink(missing_ok=True)  # guards nothing; waiters take a new one (see _lock)
+            os.close(fd)
+            raise
+        if _same_file(fd, lock) and target.exists():
+            return fd
+        os.close(fd)
+
+
+@contextmanager
+def local_copy(
+    uri: str, storage_options: dict | None = None, *, info: Mapping[str, Any] | None = None
+) -> Iterator[Path]:
+    """A local path holding the whole file at `uri`, from this node's cache (fetched on a miss).
+
+    The path is valid inside the `with` block: the copy is not evicted while any task holds it. `info` is
+    the file's fsspec info when the caller has it already. Raises StorageError.
+    """
+    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    shown = redact_uri(uri)
+    if info is None:
+        info = retrying(lambda: fs.info(path), shown)
+    size = info.get("size")
+    if not isinstance(size, int):
+        raise StorageError(f"{shown}: the storage reports no size for it; copy it somewhere that does")
+    root = cache_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / _copy_name(shown, info)
+    fd = _acquire(fs, path, target, size, shown)
+    try:
+        os.utime(target)  # most recently used
+        yield target
+    finally:
+        os.close(fd)
