@@ -21,6 +21,8 @@ from emotibatch.decode import Sampling
 from emotibatch.demo import run_demo
 from emotibatch.labels import DAISEE_TARGETS
 from emotibatch.redact import redact_uri
+from emotibatch.render import render_clip
+from emotibatch.report import write_report
 
 
 @contextlib.contextmanager
@@ -408,3 +410,73 @@ def predict_command(
         )
     nulls = table["prediction"].null_count
     click.echo(f"{len(table)} predictions ({nulls} without faces: null) -> {redact_uri(out)}")
+
+
+@cli.command("report")
+@click.argument("extract_dir", metavar="OUT")
+@click.option("--video", "videos", multiple=True, metavar="ID", help="Report this video only (repeatable).")
+@click.option(
+    "--html", "html_path", metavar="PATH_OR_URI", help="Where the report goes  [default: OUT/report.html]"
+)
+@click.option(
+    "--predictions",
+    multiple=True,
+    metavar="FILE_OR_URI",
+    help="An `emotibatch predict` output to show per video (repeatable).",
+)
+@click.option(
+    "--engagement",
+    metavar="FILE_OR_URI",
+    help="Engagement per window (Parquet: video_id, track_id, window_start_s, window_end_s, and engagement, "
+    "prob_Engaged or score).",
+)
+@click.option(
+    "--thumbnails",
+    is_flag=True,
+    help="Embed a small crop of each track's best face, read from the source video. Faces are personal "
+    "data: off by default.",
+)
+@storage_options_option
+def report_command(
+    extract_dir, videos, html_path, predictions, engagement, thumbnails, storage_options
+) -> None:
+    """One self-contained HTML report of the extract output OUT: the run, then each video over time.
+
+    The file has no scripts and makes no requests: it opens from disk or from a bucket.
+    """
+    target = html_path or f"{extract_dir.rstrip('/')}/report.html"
+    with library_errors():
+        write_report(
+            extract_dir,
+            target,
+            videos=videos or None,
+            predictions=predictions,
+            engagement=engagement,
+            thumbnails=thumbnails,
+            storage_options=storage_options,
+        )
+    click.echo(f"report -> {redact_uri(target)}")
+
+
+@cli.command("render")
+@click.argument("video")
+@click.option("--output", "-o", required=True, metavar="FILE_OR_URI", help="The preview clip (MP4, H.264).")
+@click.option(
+    "--extract", required=True, metavar="DIR_OR_URI", help="The extract output holding VIDEO's faces."
+)
+@click.option("--start", type=float, default=0.0, show_default=True, metavar="S", help="First second.")
+@click.option("--end", type=float, metavar="S", help="Last second (exclusive)  [default: the end]")
+@storage_options_option
+def render_command(video, output, extract, start, end, storage_options) -> None:
+    """A preview clip of VIDEO with face boxes, track ids and emotions drawn on.
+
+    VIDEO is the video file or its video_id in the extract's videos table. Only sampled frames have
+    faces: a frame between two sampled frames shows the boxes of the nearest sampled frame before it.
+    """
+    with library_errors():
+        result = render_clip(
+            video, output, extract, start_s=start, end_s=end, storage_options=storage_options
+        )
+    click.echo(
+        f"{result.frames} frames of {result.video_id} from frame {result.first_frame} -> {redact_uri(output)}"
+    )

@@ -1,0 +1,74 @@
+"""Preview clips of a real extract: H.264 that PyAV decodes, one output frame per source frame in the
+asked span, boxes where the extract found faces, held over the frames between sampled ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from lectures import LECTURE_TRACKS, Lecture
+
+from emotibatch.cli import cli
+from emotibatch.render import render_clip
+
+
+def _frames(path: Path) -> tuple[str, list[np.ndarray]]:
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return stream.codec_context.name, [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+
+
+def _drawn(rendered: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """Pixels the render changed: boxes and labels."""
+    return np.abs(rendered.astype(int) - source.astype(int)).max(axis=2) > 60
+
+
+def test_render_a_span_by_video_id(lecture: Lecture, tmp_path: Path) -> None:
+    out = tmp_path / "clip.mp4"
+    result = render_clip("lecture", str(out), str(lecture.out), start_s=0.4, end_s=1.2)
+    assert (result.video_id, result.first_frame, result.frames) == ("lecture", 10, 20)
+    codec, frames = _frames(out)
+    assert codec == "h264" and len(frames) == 20 and frames[0].shape == (360, 640, 3)
+    source = _frames(lecture.video)[1][10:30]
+    masks = [_drawn(f, s) for f, s in zip(frames, source)]
+    assert all(m.any() for m in masks)
+    # Sampled at 5 fps of 25: source frames 10..14 (clip frames 0..4) all show frame 10's boxes, though
+    # the faces of the video move between them; frame 15 shows its own.
+    for i in range(1, 5):
+        assert (masks[i] ^ masks[0]).mean() < 0.001, i
+    assert (masks[5] ^ masks[0]).mean() > 0.001
+    # The 64 px face's box at frame 10: its left and right edges drawn along their whole height.
+    (cx, cy) = LECTURE_TRACKS[0].center(10)
+    rows = slice(cy - 24, cy + 24)
+    assert (
+        masks[0][rows, cx - 33 : cx - 30].any(axis=1).all()
+        and masks[0][rows, cx + 30 : cx + 33].any(axis=1).all()
+    )
+    assert not masks[0][rows, cx - 20 : cx + 20].any()  # the face itself is not painted over
+
+
+def test_render_by_file_through_the_cli(lecture: Lecture, tmp_path: Path) -> None:
+    out = tmp_path / "whole.mp4"
+    result = CliRunner().invoke(
+        cli, ["render", str(lecture.video), "--extract", str(lecture.out), "--output", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"50 frames of lecture from frame 0 -> {out}"
+    assert len(_frames(out)[1]) == 50
+
+
+def test_render_refuses_what_it_cannot_show(lecture: Lecture, tmp_path: Path) -> None:
+    out = str(tmp_path / "x.mp4")
+    with pytest.raises(ValueError, match="failed in the extract"):
+        render_clip("broken", out, str(lecture.out))
+    with pytest.raises(ValueError, match="matches no video"):
+        render_clip("nothing", out, str(lecture.out))
+    with pytest.raises(ValueError, match=r"no frames from 5\.0 s"):
+        render_clip("lecture", out, str(lecture.out), start_s=5.0)
+    result = CliRunner().invoke(
+        cli, ["render", "lecture", "--extract", str(lecture.out), "-o", out, "--start", "2", "--end", "1"]
+    )
+    assert result.exit_code == 1 and "need 0 <= --start < --end" in result.output
