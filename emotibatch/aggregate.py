@@ -16,9 +16,7 @@ video, never by the corpus, and nothing is shuffled. Clips the extract finished 
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -33,7 +31,7 @@ from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource.datasink import WriteResult
 
-from emotibatch import __version__, schema
+from emotibatch import __version__, pipeline, schema
 from emotibatch.redact import redact_uri
 from emotibatch.sink import Output, video_key
 
@@ -322,21 +320,6 @@ def _prepare_output(output: str, storage_options: dict | None, overwrite: bool) 
     return out
 
 
-@contextlib.contextmanager
-def _ray(address: str | None) -> Iterator[None]:
-    """Connect to Ray (or start an embedded local one) unless already connected."""
-    started = not ray.is_initialized()
-    if started and (address or os.environ.get("RAY_ADDRESS")):
-        ray.init(address=address)
-    elif started:
-        ray.init(include_dashboard=False)
-    try:
-        yield
-    finally:
-        if started:
-            ray.shutdown()
-
-
 def aggregate(
     features: str,
     recipe: Recipe | RecipeName,
@@ -363,7 +346,7 @@ def aggregate(
         if out is not None and rows:
             _write_part(out, table, 0)
     else:
-        with _ray(address):
+        with pipeline.connected(address):
             dataset = ray.data.from_items(plan.items).map_batches(
                 _describe_items,
                 fn_kwargs={"source": plan.source, "recipe": recipe, "width": plan.width},

@@ -49,7 +49,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import posixpath
 import uuid
 from collections.abc import Iterator, Sequence
@@ -643,21 +642,6 @@ def prepare(config: NightlyConfig) -> NightPlan:
     return NightPlan(config, night, tuple(todo), tuple(waiting), before, extract, engagement)
 
 
-@contextlib.contextmanager
-def _connected(address: str | None) -> Iterator[None]:
-    """Connect to Ray (or start an embedded local one) unless already connected, as pipeline.run does."""
-    started = not ray.is_initialized()
-    if started and (address or os.environ.get("RAY_ADDRESS")):
-        ray.init(address=address)
-    elif started:
-        ray.init(include_dashboard=False)
-    try:
-        yield
-    finally:
-        if started:
-            ray.shutdown()
-
-
 def run(plan: NightPlan) -> NightResult:
     """Extract, summarise and record tonight's lectures (see the module docstring); log a summary."""
     if plan.extract is None:
@@ -669,7 +653,7 @@ def run(plan: NightPlan) -> NightResult:
         return result
     night_output = Output(plan.extract.config.output, plan.extract.config.storage_options)
     run_id = plan.extract.run_id
-    with _connected(plan.config.extract.address):
+    with pipeline.connected(plan.config.extract.address):
         pipeline.execute(plan.extract)
         videos = {r["video_id"]: r for r in night_output.read_tables("videos").to_pylist()}
         task = ray.remote(num_cpus=1)(_summarize)

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -455,19 +456,26 @@ def extract(config: ExtractConfig) -> RunResult:
     return run(prepare(config))
 
 
-def run(plan: Plan) -> RunResult:
-    """Run a prepared job, connecting to Ray (or starting a local one) unless already connected."""
-    config = plan.config
-    started_ray = not ray.is_initialized()
-    if started_ray and (config.address or os.environ.get("RAY_ADDRESS")):
-        ray.init(address=config.address)  # a cluster, e.g. the one `ray job submit` runs this job on
-    elif started_ray:
+@contextlib.contextmanager
+def connected(address: str | None) -> Iterator[None]:
+    """Connect to the Ray cluster at `address` (or RAY_ADDRESS, as inside `ray job submit`), else start an
+    embedded local Ray without a dashboard; do nothing when already connected. Disconnects what it opened."""
+    started = not ray.is_initialized()
+    if started and (address or os.environ.get("RAY_ADDRESS")):
+        ray.init(address=address)
+    elif started:
         ray.init(include_dashboard=False)  # embedded: no dashboard or job API to expose
     try:
-        return execute(plan)
+        yield
     finally:
-        if started_ray:
+        if started:
             ray.shutdown()
+
+
+def run(plan: Plan) -> RunResult:
+    """Run a prepared job on the cluster `--address` names, or an embedded local Ray (see `connected`)."""
+    with connected(plan.config.address):
+        return execute(plan)
 
 
 def execute(plan: Plan) -> RunResult:
