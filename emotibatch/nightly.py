@@ -21,12 +21,12 @@ at a time per OUT: two at once would each rewrite the manifest.
 
 Layout under OUT:
 
-    OUT/_nightly/processed.parquet               one row per lecture per run that tried it (PROCESSED)
+    OUT/_nightly/processed.parquet               one row per lecture per run that tried it (schema.NIGHTLY_PROCESSED)
     OUT/_nightly/inputs/<night>-<id>.parquet     the input manifest of each run that had work
     OUT/date=YYYY-MM-DD/                         that night's extract output (faces/, videos/, runs/)
-    OUT/date=YYYY-MM-DD/summaries/lectures/<video>.parquet    one row per lecture (lecture_schema)
-    OUT/date=YYYY-MM-DD/summaries/tracks/<video>.parquet      one row per face track (track_schema)
-    OUT/date=YYYY-MM-DD/summaries/engagement/<video>.parquet  engagement timelines (TIMELINE)
+    OUT/date=YYYY-MM-DD/summaries/lectures/<video>.parquet    one row per lecture (schema.lecture_schema)
+    OUT/date=YYYY-MM-DD/summaries/tracks/<video>.parquet      one row per face track (schema.track_schema)
+    OUT/date=YYYY-MM-DD/summaries/engagement/<video>.parquet  engagement timelines (schema.NIGHTLY_TIMELINE)
     OUT/date=YYYY-MM-DD/failures.json            the latest run's failed lectures, with their errors
 
 Summaries: the share of each emotion is the fraction of a lecture's (or track's) face rows with that
@@ -103,79 +103,6 @@ FACE_COLUMNS = [
 _STAMP_KEYS = ("ETag", "etag", "md5Hash", "generation", "mtime", "LastModified", "last_modified", "updated")
 _MODIFIED_KEYS = ("mtime", "LastModified", "last_modified", "updated", "created")
 
-PROCESSED = pa.schema(
-    [
-        pa.field("source_uri", pa.string(), nullable=False),  # redacted
-        pa.field("size", pa.int64(), nullable=False),
-        pa.field("stamp", pa.string(), nullable=False),  # ETag, else modification time
-        pa.field("video_id", pa.string(), nullable=False),
-        pa.field("status", pa.string(), nullable=False),  # ok: processed; failed: tried again next run
-        pa.field("error", pa.string()),
-        pa.field("night", pa.date32(), nullable=False),
-        pa.field("run_id", pa.string(), nullable=False),
-        pa.field("finished_at", pa.timestamp("us", tz="UTC"), nullable=False),
-    ]
-)
-TIMELINE = pa.schema(
-    [
-        pa.field("video_id", pa.string(), nullable=False),
-        pa.field("track_id", pa.int64(), nullable=False),
-        pa.field("window_start_s", pa.float64(), nullable=False),
-        pa.field("window_end_s", pa.float64(), nullable=False),  # pretrained head: its last frame's time
-        pa.field("n_frames", pa.int64(), nullable=False),
-        pa.field("engagement", pa.float64()),  # P(Engaged), a regression score or an expected level
-        pa.field("label", pa.string()),
-    ]
-)
-
-
-def _shares(classes: Sequence[str]) -> list[pa.Field]:
-    return [pa.field(f"share_{c}", pa.float64()) for c in classes]
-
-
-def lecture_schema(classes: Sequence[str]) -> pa.Schema:
-    """One row per lecture; emotion shares are null for a lecture without faces."""
-    return pa.schema(
-        [
-            pa.field("video_id", pa.string(), nullable=False),
-            pa.field("source_uri", pa.string(), nullable=False),
-            pa.field("night", pa.date32(), nullable=False),
-            pa.field("run_id", pa.string(), nullable=False),
-            pa.field("duration_s", pa.float64()),
-            pa.field("frames_sampled", pa.int64()),
-            pa.field("frames_with_faces", pa.int64()),
-            pa.field("faces", pa.int64()),
-            pa.field("tracks", pa.int64()),
-            *_shares(classes),
-            pa.field("valence_mean", pa.float64()),
-            pa.field("arousal_mean", pa.float64()),
-            pa.field("engagement_model", pa.string()),
-            pa.field("engagement_mean", pa.float64()),
-            pa.field("engagement_tracks_scored", pa.int64()),
-            pa.field("engagement_tracks_unscored", pa.int64()),
-        ]
-    )
-
-
-def track_schema(classes: Sequence[str]) -> pa.Schema:
-    """One row per face track; `engagement_note` says why a track has no engagement score."""
-    return pa.schema(
-        [
-            pa.field("video_id", pa.string(), nullable=False),
-            pa.field("track_id", pa.int64(), nullable=False),
-            pa.field("first_s", pa.float64(), nullable=False),
-            pa.field("last_s", pa.float64(), nullable=False),
-            pa.field("frames", pa.int64(), nullable=False),
-            *_shares(classes),
-            pa.field("valence_mean", pa.float64()),
-            pa.field("arousal_mean", pa.float64()),
-            pa.field("engagement_mean", pa.float64()),
-            pa.field("engagement_windows", pa.int64()),
-            pa.field("engagement_note", pa.string()),
-        ]
-    )
-
-
 # -- settings ------------------------------------------------------------------------------------------
 
 
@@ -233,7 +160,7 @@ class PretrainedEngagement:
         self, video_id: str, faces: pa.Table, duration_s: float | None
     ) -> tuple[pa.Table, dict[int, str]]:
         """Timeline rows of every track long enough, and {track: why it is not scored} for the others."""
-        rows: dict[str, list] = {name: [] for name in TIMELINE.names}
+        rows: dict[str, list] = {name: [] for name in schema.NIGHTLY_TIMELINE.names}
         notes: dict[int, str] = {}
         all_times = faces["timestamp_s"].to_numpy()
         for track, idx in _tracks(faces):
@@ -251,7 +178,7 @@ class PretrainedEngagement:
             rows["n_frames"] += [DEFAULT_WINDOW] * len(starts)
             rows["engagement"] += scores[:, ENGAGEMENT_CLASSES.index("Engaged")].tolist()
             rows["label"] += [ENGAGEMENT_CLASSES[i] for i in scores.argmax(axis=1)]
-        return pa.table(rows, schema=TIMELINE), notes
+        return pa.table(rows, schema=schema.NIGHTLY_TIMELINE), notes
 
 
 @dataclass(frozen=True)
@@ -298,7 +225,7 @@ class FittedEngagement:
                 "label": pc.cast(predicted["prediction"], pa.string()),
             }
         )
-        return table.cast(TIMELINE), {}
+        return table.cast(schema.NIGHTLY_TIMELINE), {}
 
 
 Engagement = PretrainedEngagement | FittedEngagement
@@ -432,8 +359,8 @@ def summarize_lecture(
         "engagement_tracks_unscored": len(tracks) - len(per_track) if engagement else None,
     }
     return (
-        pa.Table.from_pylist([lecture], schema=lecture_schema(classes)),
-        pa.Table.from_pylist(tracks, schema=track_schema(classes)),
+        pa.Table.from_pylist([lecture], schema=schema.lecture_schema(classes)),
+        pa.Table.from_pylist(tracks, schema=schema.track_schema(classes)),
         timeline,
     )
 
@@ -585,8 +512,8 @@ class NightResult:
 def _read_processed(root: Output) -> pa.Table:
     path = root.join(NIGHTLY_DIR, PROCESSED_FILE)
     if not root.fs.exists(path):
-        return PROCESSED.empty_table()
-    return pq.read_table(path, filesystem=root.fs).cast(PROCESSED)
+        return schema.NIGHTLY_PROCESSED.empty_table()
+    return pq.read_table(path, filesystem=root.fs).cast(schema.NIGHTLY_PROCESSED)
 
 
 def prepare(config: NightlyConfig) -> NightPlan:
@@ -743,5 +670,7 @@ def _record(plan: NightPlan, run_id: str, lectures: Sequence[LectureOutcome]) ->
         }
         for o in lectures
     ]
-    table = pa.concat_tables([_read_processed(root), pa.Table.from_pylist(rows, schema=PROCESSED)])
+    table = pa.concat_tables(
+        [_read_processed(root), pa.Table.from_pylist(rows, schema=schema.NIGHTLY_PROCESSED)]
+    )
     root.write_table(root.join(NIGHTLY_DIR, PROCESSED_FILE), table)

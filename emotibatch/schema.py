@@ -12,6 +12,7 @@ Class names, models and the run's settings (credentials removed) travel as JSON 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -159,3 +160,77 @@ RUNS = pa.schema(
         pa.field("faces_per_s", pa.float64(), nullable=False),
     ]
 )
+
+
+# The nightly lecture job (nightly.py): which lectures were processed, and its summaries.
+NIGHTLY_PROCESSED = pa.schema(
+    [
+        pa.field("source_uri", pa.string(), nullable=False),  # redacted
+        pa.field("size", pa.int64(), nullable=False),
+        pa.field("stamp", pa.string(), nullable=False),  # ETag, else modification time
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # ok: processed; failed: tried again next run
+        pa.field("error", pa.string()),
+        pa.field("night", pa.date32(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("finished_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+NIGHTLY_TIMELINE = pa.schema(
+    [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("track_id", pa.int64(), nullable=False),
+        pa.field("window_start_s", pa.float64(), nullable=False),
+        pa.field("window_end_s", pa.float64(), nullable=False),  # pretrained head: its last frame's time
+        pa.field("n_frames", pa.int64(), nullable=False),
+        pa.field("engagement", pa.float64()),  # P(Engaged), a regression score or an expected level
+        pa.field("label", pa.string()),
+    ]
+)
+
+
+def _shares(classes: Sequence[str]) -> list[pa.Field]:
+    return [pa.field(f"share_{c}", pa.float64()) for c in classes]
+
+
+def lecture_schema(classes: Sequence[str]) -> pa.Schema:
+    """One row per lecture; emotion shares are null for a lecture without faces."""
+    return pa.schema(
+        [
+            pa.field("video_id", pa.string(), nullable=False),
+            pa.field("source_uri", pa.string(), nullable=False),
+            pa.field("night", pa.date32(), nullable=False),
+            pa.field("run_id", pa.string(), nullable=False),
+            pa.field("duration_s", pa.float64()),
+            pa.field("frames_sampled", pa.int64()),
+            pa.field("frames_with_faces", pa.int64()),
+            pa.field("faces", pa.int64()),
+            pa.field("tracks", pa.int64()),
+            *_shares(classes),
+            pa.field("valence_mean", pa.float64()),
+            pa.field("arousal_mean", pa.float64()),
+            pa.field("engagement_model", pa.string()),
+            pa.field("engagement_mean", pa.float64()),
+            pa.field("engagement_tracks_scored", pa.int64()),
+            pa.field("engagement_tracks_unscored", pa.int64()),
+        ]
+    )
+
+
+def track_schema(classes: Sequence[str]) -> pa.Schema:
+    """One row per face track; `engagement_note` says why a track has no engagement score."""
+    return pa.schema(
+        [
+            pa.field("video_id", pa.string(), nullable=False),
+            pa.field("track_id", pa.int64(), nullable=False),
+            pa.field("first_s", pa.float64(), nullable=False),
+            pa.field("last_s", pa.float64(), nullable=False),
+            pa.field("frames", pa.int64(), nullable=False),
+            *_shares(classes),
+            pa.field("valence_mean", pa.float64()),
+            pa.field("arousal_mean", pa.float64()),
+            pa.field("engagement_mean", pa.float64()),
+            pa.field("engagement_windows", pa.int64()),
+            pa.field("engagement_note", pa.string()),
+        ]
+    )
