@@ -27,6 +27,8 @@ Layout under OUT:
     OUT/date=YYYY-MM-DD/summaries/lectures/<video>.parquet    one row per lecture (schema.lecture_schema)
     OUT/date=YYYY-MM-DD/summaries/tracks/<video>.parquet      one row per face track (schema.track_schema)
     OUT/date=YYYY-MM-DD/summaries/engagement/<video>.parquet  engagement timelines (schema.NIGHTLY_TIMELINE)
+    OUT/date=YYYY-MM-DD/reports/<video>.html     one self-contained HTML report per lecture (report.py)
+    OUT/date=YYYY-MM-DD/index.html               the night's page, linking every lecture's report
     OUT/date=YYYY-MM-DD/failures.json            the latest run's failed lectures, with their errors
 
 Summaries: the share of each emotion is the fraction of a lecture's (or track's) face rows with that
@@ -64,7 +66,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from emotibatch import pipeline, registry, schema
+from emotibatch import pipeline, registry, report, schema
 from emotibatch.aggregate import Recipe, describe_video, emotion_model
 from emotibatch.classify import CARD_FILE, ClipModel
 from emotibatch.config import ExtractConfig
@@ -88,6 +90,7 @@ NIGHTLY_DIR = "_nightly"
 PROCESSED_FILE = "processed.parquet"
 FAILURES_FILE = "failures.json"
 SUMMARIES = "summaries"
+REPORTS = "reports"  # one self-contained HTML page per lecture; index.html beside them links them
 # What the summaries read of a faces file (and `features` with an engagement model).
 FACE_COLUMNS = [
     "frame_index",
@@ -381,6 +384,16 @@ def _summarize(
             path = night_output.join(SUMMARIES, name, f"{key}.parquet")
             night_output.write_table(path, table)
             written.append(_uri(night_output.fs, path))
+    timeline = tables[2]
+    written.append(
+        report.write_report(
+            night_output.root,
+            _uri(night_output.fs, night_output.join(REPORTS, f"{key}.html")),
+            videos=[video["video_id"]],
+            engagement=timeline if timeline is not None and len(timeline) else None,
+            storage_options=night_output.storage_options,
+        )
+    )
     return written
 
 
@@ -610,6 +623,15 @@ def run(plan: NightPlan) -> NightResult:
                     error = f"summary failed: {type(exc.cause).__name__}: {exc.cause}"
                     outcomes[lecture.video_id] = LectureOutcome(lecture, "failed", error)
     lectures = tuple(outcomes[x.video_id] for x in plan.todo)
+    if any(o.status == "ok" for o in lectures):
+        reports = _uri(night_output.fs, night_output.join(REPORTS))
+        index = _uri(night_output.fs, night_output.join("index.html"))
+        report.write_index(
+            reports,
+            index,
+            title=f"Lectures of {plan.night.isoformat()}",
+            storage_options=night_output.storage_options,
+        )
     failures = night_output.join(FAILURES_FILE)
     _write_json(
         night_output,

@@ -102,6 +102,12 @@ def test_each_lecture_once_failures_retried_uploads_waited(tmp_path: Path, model
         "night 2026-03-01: 3 lectures tried (2 ok, 1 failed), 2 uploads waiting"
     )
 
+    # One report per lecture that ended ok, and the night's index linking them.
+    reports = sorted(p.name for p in (night1 / "reports").iterdir())
+    assert reports == ["course1%2Fweek1.mp4.html", "course1%2Fweek2.mp4.html"]
+    index = (night1 / "index.html").read_text()
+    assert all(f"reports/{name.replace('%', '%25')}" in index or f"reports/{name}" in index for name in reports)
+
     # Summaries of one lecture: 4 sampled frames with 2 faces each, 2 tracks too short for the head.
     lecture = _table(night1 / "summaries/lectures").to_pylist()
     assert sorted(r["video_id"] for r in lecture) == ["course1/week1.mp4", "course1/week2.mp4"]
