@@ -135,7 +135,7 @@ def test_each_lecture_once_failures_retried_uploads_waited(tmp_path: Path, model
     assert all("at least 128 consecutive face frames" in t["engagement_note"] for t in tracks)
     assert len(_table(night1 / "summaries/engagement")) == 0
     outcome = next(o for o in first.lectures if o.lecture.video_id == "course1/week1.mp4")
-    assert [Path(f).parent.name for f in outcome.files] == ["faces", "lectures", "tracks", "engagement"]
+    assert [Path(f).parent.name for f in outcome.files] == ["faces", "lectures", "tracks", "engagement", "reports"]
     assert all(Path(f).is_file() for f in outcome.files)
 
     # Night 2, nothing changed: the failed lecture alone is tried again.
