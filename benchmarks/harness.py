@@ -53,18 +53,36 @@ class Case:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
+def _cpu_pressure() -> float | None:
+    """Share of the last 10 s in which some runnable task waited for a CPU (Linux PSI), in percent."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            return float(f.readline().split()[1].split("=")[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _load() -> dict[str, float | None]:
+    return {"load_1min": round(os.getloadavg()[0], 2), "cpu_pressure_10s_pct": _cpu_pressure()}
+
+
 def _max_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _run_for(step: Step, seconds: float) -> tuple[int, float]:
-    """Call `step` until `seconds` have passed (at least once); return items and elapsed seconds."""
-    items, start = 0, time.perf_counter()
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # all threads of this process
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run_for(step: Step, seconds: float) -> tuple[int, float, float]:
+    """Call `step` until `seconds` have passed (at least once); return items, elapsed and CPU seconds."""
+    items, start, cpu = 0, time.perf_counter(), _cpu_seconds()
     while True:
         items += step()
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
-            return items, elapsed
+            return items, elapsed, _cpu_seconds() - cpu
 
 
 def _serve(conn: Connection, side: Side, warmup: float) -> None:
@@ -103,10 +121,11 @@ class _Worker:
             raise RuntimeError(f"benchmark side failed:\n{value}")
         return value
 
-    def run(self, seconds: float) -> float:
+    def run(self, seconds: float) -> tuple[float, float]:
+        """Items per second, and CPU milliseconds per item (all threads, spin-waits included)."""
         self.conn.send(("run", seconds))
-        items, elapsed = self._reply()
-        return items / elapsed
+        items, elapsed, cpu = self._reply()
+        return items / elapsed, cpu * 1e3 / items
 
     def stop(self) -> float:
         self.conn.send(("stop",))
@@ -116,16 +135,27 @@ class _Worker:
 
 
 def measure(case: Case, *, seconds: float, repeats: int = 3, warmup: float = 1.0) -> dict[str, Any]:
-    """Run `case`: both sides built and warmed up, then `repeats` alternating runs of `seconds` each."""
+    """Run `case`: both sides built and warmed up, then `repeats` alternating runs of `seconds` each.
+
+    On a machine shared with bursty work, many short runs (a step or two each) beat a few long ones: a
+    burst then spoils a few runs of both sides, which the medians drop.
+    """
     started = datetime.datetime.now(datetime.timezone.utc)
-    load_before = os.getloadavg()[0]
+    load_before = _load()
     sides = {"ours": case.ours} | ({"bare": case.bare} if case.bare else {})
-    workers = {name: _Worker(side, warmup) for name, side in sides.items()}
-    runs: dict[str, list[float]] = {name: [] for name in workers}
+    workers: dict[str, _Worker] = {}
+    runs: dict[str, list[float]] = {name: [] for name in sides}
+    cpu_ms: dict[str, list[float]] = {name: [] for name in sides}
+    loads = [load_before]
     try:
+        for name, side in sides.items():
+            workers[name] = _Worker(side, warmup)
         for r in range(repeats):
             for name in list(workers)[:: 1 if r % 2 else -1]:  # bare first on even repeats
-                runs[name].append(workers[name].run(seconds))
+                rate, cost = workers[name].run(seconds)
+                runs[name].append(rate)
+                cpu_ms[name].append(cost)
+            loads.append(_load())
         peaks = {name: w.stop() for name, w in workers.items()}
     finally:
         for w in workers.values():
@@ -133,22 +163,29 @@ def measure(case: Case, *, seconds: float, repeats: int = 3, warmup: float = 1.0
                 w.process.kill()
     median = {name: statistics.median(values) for name, values in runs.items()}
     ratio = median["ours"] / median["bare"] if "bare" in median else None
+    # Each repeat's own ratio: its two runs were next to each other in time, so saw similar load.
+    paired = [o / b for o, b in zip(runs["ours"], runs["bare"])] if "bare" in runs else []
     return {
         "name": case.name,
         "unit": case.unit,
         "ours": round(median["ours"], 2),
         "bare": round(median["bare"], 2) if "bare" in median else None,
         "ratio": round(ratio, 3) if ratio is not None else None,
+        "paired_ratio_median": round(statistics.median(paired), 3) if paired else None,
+        "paired_ratios": [round(v, 3) for v in paired],
         "target": case.target,
         "met": (ratio >= case.target) if ratio is not None and case.target is not None else None,
         "machine": machine(),
         "date": started.isoformat(timespec="seconds"),
         "settings": case.settings | {"seconds_per_run": seconds, "repeats": repeats, "warmup_s": warmup},
         "runs": {name: [round(v, 2) for v in values] for name, values in runs.items()},
+        # Less sensitive to other tenants than throughput, but counts onnxruntime's spin-waits.
+        "cpu_ms_per_item": {name: round(statistics.median(v), 2) for name, v in cpu_ms.items()},
         "peak_rss_mib": {name: round(v, 1) for name, v in peaks.items()},
         "rss_loaded_mib": {name: round(w.ready["rss_loaded_mib"], 1) for name, w in workers.items()},
         "info": {name: w.ready["info"] for name, w in workers.items()},
-        "load_avg_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
+        "load_avg_1min": {"before": loads[0]["load_1min"], "after": loads[-1]["load_1min"]},
+        "load": loads,  # 1-min load and CPU pressure before the runs, then after each repeat
     }
 
 
@@ -201,11 +238,22 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 def table(results: list[dict[str, Any]]) -> str:
     """A readable fixed-width table of results."""
-    header = ("case", "unit", "ours", "bare", "ratio", "target", "met", "RSS MiB ours/bare", "load")
+    header = (
+        "case",
+        "unit",
+        "ours",
+        "bare",
+        "ratio",
+        "paired",
+        "target",
+        "met",
+        "RSS MiB ours/bare",
+        "load max",
+    )
     rows = [header]
     for r in results:
         rss = r["peak_rss_mib"]
-        load = r["load_avg_1min"]
+        load = max([e["load_1min"] for e in r.get("load", [])] or r["load_avg_1min"].values())
         rows.append(
             (
                 r["name"],
@@ -213,10 +261,11 @@ def table(results: list[dict[str, Any]]) -> str:
                 _fmt(r["ours"]),
                 _fmt(r["bare"]),
                 _fmt(r["ratio"], 3),
+                _fmt(r.get("paired_ratio_median"), 3),
                 _fmt(r["target"], 2),
                 {True: "yes", False: "NO", None: "-"}[r["met"]],
                 f"{_fmt(rss.get('ours'), 0)}/{_fmt(rss.get('bare'), 0)}",
-                f"{load['before']:.1f}->{load['after']:.1f}",
+                f"{load:.1f}",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
