@@ -106,7 +106,9 @@ def test_each_lecture_once_failures_retried_uploads_waited(tmp_path: Path, model
     reports = sorted(p.name for p in (night1 / "reports").iterdir())
     assert reports == ["course1%2Fweek1.mp4.html", "course1%2Fweek2.mp4.html"]
     index = (night1 / "index.html").read_text()
-    assert all(f"reports/{name.replace('%', '%25')}" in index or f"reports/{name}" in index for name in reports)
+    assert all(
+        f"reports/{name.replace('%', '%25')}" in index or f"reports/{name}" in index for name in reports
+    )
 
     # Summaries of one lecture: 4 sampled frames with 2 faces each, 2 tracks too short for the head.
     lecture = _table(night1 / "summaries/lectures").to_pylist()
@@ -135,7 +137,13 @@ def test_each_lecture_once_failures_retried_uploads_waited(tmp_path: Path, model
     assert all("at least 128 consecutive face frames" in t["engagement_note"] for t in tracks)
     assert len(_table(night1 / "summaries/engagement")) == 0
     outcome = next(o for o in first.lectures if o.lecture.video_id == "course1/week1.mp4")
-    assert [Path(f).parent.name for f in outcome.files] == ["faces", "lectures", "tracks", "engagement", "reports"]
+    assert [Path(f).parent.name for f in outcome.files] == [
+        "faces",
+        "lectures",
+        "tracks",
+        "engagement",
+        "reports",
+    ]
     assert all(Path(f).is_file() for f in outcome.files)
 
     # Night 2, nothing changed: the failed lecture alone is tried again.
