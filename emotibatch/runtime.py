@@ -100,14 +100,18 @@ def with_uint8_input(model: onnx.ModelProto, lut: np.ndarray) -> onnx.ModelProto
     graph.initializer.extend(
         [
             numpy_helper.from_array(lut.reshape(-1).astype(np.float32), "emotibatch_lut"),
-            numpy_helper.from_array(np.array([0, 256, 512], np.int32), "emotibatch_channel_offset"),
+            numpy_helper.from_array(
+                np.array([0, 256, 512], np.int32).reshape(1, 3, 1, 1), "emotibatch_channel_offset"
+            ),
         ]
     )
+    # Transpose the bytes first (a quarter of the data), then offset whole channel planes: adding a
+    # 3-value offset along the innermost NHWC axis cost more than the model's first layers.
     prefix = [
-        helper.make_node("Cast", [PIXELS], ["emotibatch_pixels_i32"], to=TensorProto.INT32),
+        helper.make_node("Transpose", [PIXELS], ["emotibatch_nchw"], perm=[0, 3, 1, 2]),
+        helper.make_node("Cast", ["emotibatch_nchw"], ["emotibatch_pixels_i32"], to=TensorProto.INT32),
         helper.make_node("Add", ["emotibatch_pixels_i32", "emotibatch_channel_offset"], ["emotibatch_index"]),
-        helper.make_node("Gather", ["emotibatch_lut", "emotibatch_index"], ["emotibatch_nhwc"], axis=0),
-        helper.make_node("Transpose", ["emotibatch_nhwc"], [original.name], perm=[0, 3, 1, 2]),
+        helper.make_node("Gather", ["emotibatch_lut", "emotibatch_index"], [original.name], axis=0),
     ]
     for node in reversed(prefix):
         graph.node.insert(0, node)
