@@ -8,7 +8,7 @@ Cases (all sides of a case share the model file, the thread count and the onnxru
   (IO binding), as in REFERENCE §5. Model: the EfficientNet-B0 stand-in at 224 (its real cost).
 - `detect_standin`: frames/s of batched `FaceDetector.detect` on 720p frames with stand-in faces against
   insightface's per-frame `SCRFD(model_file, session=...).detect(bgr, input_size=(640, 640))` loop.
-  The stand-in SCRFD costs ~1/1000 of det_10g, so this measures the code around the model.
+  The stand-in SCRFD costs ~1/500 of det_10g (0.026 G multiply-adds), so this measures the code around it.
 - `detect_det10g_cost`: the same with the stand-in padded by a conv backbone whose output is multiplied by
   zero into the graph: det_10g's cost (~13 G multiply-adds at 640x640), the same detections.
 
