@@ -81,7 +81,7 @@ from emotibatch.engagement import (
 )
 from emotibatch.redact import redact_uri
 from emotibatch.sink import Output, video_key
-from emotibatch.sources import VIDEO_EXTENSIONS, is_local
+from emotibatch.sources import VIDEO_EXTENSIONS, is_local, uri_of
 
 log = logging.getLogger(__name__)
 
@@ -383,23 +383,18 @@ def _summarize(
         if table is not None:
             path = night_output.join(SUMMARIES, name, f"{key}.parquet")
             night_output.write_table(path, table)
-            written.append(_uri(night_output.fs, path))
+            written.append(uri_of(night_output.fs, path))
     timeline = tables[2]
     written.append(
         report.write_report(
             night_output.root,
-            _uri(night_output.fs, night_output.join(REPORTS, f"{key}.html")),
+            uri_of(night_output.fs, night_output.join(REPORTS, f"{key}.html")),
             videos=[video["video_id"]],
             engagement=timeline if timeline is not None and len(timeline) else None,
             storage_options=night_output.storage_options,
         )
     )
     return written
-
-
-def _uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
-    """The URI of `path` on `fs`: a plain path when local, as sources.py names local inputs."""
-    return path if is_local(fs) else fs.unstrip_protocol(path)
 
 
 # -- listing -------------------------------------------------------------------------------------------
@@ -458,7 +453,7 @@ def list_lectures(config: NightlyConfig) -> list[tuple[Lecture, datetime | None,
         hidden = any(part.startswith(".") for part in relative.split("/"))
         if hidden or posixpath.splitext(path)[1].lower() not in VIDEO_EXTENSIONS:
             continue
-        uri = _uri(fs, path)
+        uri = uri_of(fs, path)
         stamp = next((str(info[k]) for k in _STAMP_KEYS if info.get(k) is not None), "")
         marked = not config.completion_marker or path + config.completion_marker in files
         lectures.append((Lecture(uri, relative, int(info.get("size") or 0), stamp), _modified(info), marked))
@@ -577,7 +572,7 @@ def prepare(config: NightlyConfig) -> NightPlan:
         root.write_table(manifest, pa.Table.from_pylist(rows))
         night_output = f"{config.output.rstrip('/')}/date={night.isoformat()}"
         extract = pipeline.prepare(
-            replace(config.extract, inputs=(_uri(root.fs, manifest),), output=night_output)
+            replace(config.extract, inputs=(uri_of(root.fs, manifest),), output=night_output)
         )
     return NightPlan(config, night, tuple(todo), tuple(waiting), before, extract, engagement)
 
@@ -613,7 +608,7 @@ def run(plan: NightPlan) -> NightResult:
                 pending[lecture.video_id] = task.remote(night_output, row, plan.night, run_id, engagement)
         for lecture in plan.todo:
             if lecture.video_id in pending:
-                faces = _uri(
+                faces = uri_of(
                     night_output.fs, night_output.join("faces", f"{video_key(lecture.video_id)}.parquet")
                 )
                 try:
@@ -624,8 +619,8 @@ def run(plan: NightPlan) -> NightResult:
                     outcomes[lecture.video_id] = LectureOutcome(lecture, "failed", error)
     lectures = tuple(outcomes[x.video_id] for x in plan.todo)
     if any(o.status == "ok" for o in lectures):
-        reports = _uri(night_output.fs, night_output.join(REPORTS))
-        index = _uri(night_output.fs, night_output.join("index.html"))
+        reports = uri_of(night_output.fs, night_output.join(REPORTS))
+        index = uri_of(night_output.fs, night_output.join("index.html"))
         report.write_index(
             reports,
             index,
@@ -655,7 +650,7 @@ def run(plan: NightPlan) -> NightResult:
         lectures,
         plan.waiting,
         plan.processed_before,
-        _uri(night_output.fs, failures),
+        uri_of(night_output.fs, failures),
     )
     for line in result.describe():
         (log.warning if line.startswith("failed") else log.info)(line)

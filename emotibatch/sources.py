@@ -97,7 +97,7 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return isinstance(fs, LocalFileSystem)
 
 
-def _uri(fs: fsspec.AbstractFileSystem, path: str) -> str:
+def uri_of(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """The canonical uri of `path` on `fs`: a plain absolute path when local."""
     return path if is_local(fs) else fs.unstrip_protocol(path)
 
@@ -129,12 +129,12 @@ def _search(
     `what` names the input in errors, e.g. "data/ holds" or "the glob data/*.mp4 matches".
     """
     files = [f for f in files if not _hidden(f, root)]
-    found = [_Found(_uri(fs, f), _uri(fs, root)) for f in files if _ext(f) in VIDEO_EXTENSIONS]
+    found = [_Found(uri_of(fs, f), uri_of(fs, root)) for f in files if _ext(f) in VIDEO_EXTENSIONS]
     folders = sorted({posixpath.dirname(f) for f in files if _ext(f) in IMAGE_EXTENSIONS})
     if frame_folders:
         # A folder that is the input itself is named relative to the input's parent.
         found += [
-            _Found(_uri(fs, d), _uri(fs, posixpath.dirname(d) if d == root else root), "frames")
+            _Found(uri_of(fs, d), uri_of(fs, posixpath.dirname(d) if d == root else root), "frames")
             for d in folders
         ]
     if found:
@@ -156,13 +156,13 @@ def _glob_root(path: str) -> str:
 def _normalize(uri: str, storage_options: dict | None) -> str:
     if uri.startswith(URL_PROTOCOLS):
         return uri
-    return _uri(*open_fs(uri, storage_options))
+    return uri_of(*open_fs(uri, storage_options))
 
 
 def _read_manifest(
     fs: fsspec.AbstractFileSystem, path: str, frame_folders: bool, storage_options: dict | None
 ) -> list[_Found]:
-    shown = redact_uri(_uri(fs, path))
+    shown = redact_uri(uri_of(fs, path))
     with fs.open(path, "rb") as f:
         if _ext(path) == ".csv":
             # Ids like "001" must stay strings.
@@ -178,7 +178,7 @@ def _read_manifest(
     if table.num_rows == 0:
         raise ValueError(f"manifest {shown} has no rows")
     base = posixpath.dirname(path)
-    root = _uri(fs, base)
+    root = uri_of(fs, base)
     found = []
     for line, row in enumerate(table.to_pylist(), start=1):
         uri, video_id = row.pop("uri"), row.pop("video_id", None)
@@ -200,7 +200,7 @@ def _expand(inp: str, frame_folders: bool, storage_options: dict | None) -> list
     if fs.isfile(path):
         if _ext(path) in MANIFEST_EXTENSIONS:
             return _read_manifest(fs, path, frame_folders, storage_options)
-        return [_Found(_uri(fs, path), _uri(fs, posixpath.dirname(path)))]
+        return [_Found(uri_of(fs, path), uri_of(fs, posixpath.dirname(path)))]
     if fs.isdir(path):
         return _search(fs, fs.find(path), path, frame_folders, f"{shown} holds")
     if _GLOB.search(path):
@@ -210,7 +210,7 @@ def _expand(inp: str, frame_folders: bool, storage_options: dict | None) -> list
             files += fs.find(match) if info["type"] == "directory" else [match]
         return _search(fs, files, root, frame_folders, f"the glob {shown} matches")
     if _ext(path) in VIDEO_EXTENSIONS and not inp.endswith("/"):
-        return [_Found(_uri(fs, path), _uri(fs, posixpath.dirname(path)))]
+        return [_Found(uri_of(fs, path), uri_of(fs, posixpath.dirname(path)))]
     raise ValueError(
         f"not found: {shown}; give a video file, a directory, a glob, a .csv/.parquet manifest or a URI"
     )

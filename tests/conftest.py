@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -39,3 +41,20 @@ def scrfd_path(model_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def scrfd_batched_path(model_dir: Path) -> Path:
     return model_dir / "det_batched.onnx"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """One local Ray (2 CPUs, no dashboard) for the whole session."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():  # a session someone else started: use it, leave it running
+        yield
+        return
+    # "local": a new instance, never a cluster someone else started on this machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -7,8 +7,7 @@ down. Known inputs and helpers are in e2e.py.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -16,23 +15,6 @@ from e2e import FPS, SECONDS, SIZES, TRACKS
 
 from emotibatch import samples
 from emotibatch.config import ExtractConfig
-
-
-@pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[None]:
-    """One local Ray (2 CPUs, no dashboard) for the whole session."""
-    import ray
-
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if ray.is_initialized():  # a session someone else started: use it, leave it running
-        yield
-        return
-    # "local": a new instance, never a cluster someone else started on this machine.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture(scope="session")
