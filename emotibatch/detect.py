@@ -205,17 +205,10 @@ class FaceDetector:
             )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        card = registry.get_card(str(model))
-        if card is not None and card.kind != "detector":
-            raise ValueError(f"{model} is an {card.kind} model, not a face detector")
-        source = redact_uri(str(model))
-        path = registry.resolve(
-            str(model), cache_dir=cache_dir, model_dir=model_dir, storage_options=storage_options
+        card, proto = registry.load_onnx(
+            str(model), "detector", cache_dir=cache_dir, model_dir=model_dir, storage_options=storage_options
         )
-        try:
-            proto = onnx.load(str(path))
-        except Exception as exc:
-            raise ValueError(f"{source}: not an ONNX model ({exc})") from exc
+        source = redact_uri(str(model))
         _check_contract(proto, source)
         static = _static_size(proto)
         if static and static != tuple(input_size):

@@ -173,16 +173,9 @@ class EmotionModel:
             raise TypeError(f"unknown settings {sorted(unknown)}; use input_size, mean, std or classes")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        card = registry.get_card(str(model))
-        if card is not None and card.kind != "emotion":
-            raise ValueError(f"{model} is a {card.kind} model, not an emotion model")
-        path = registry.resolve(
-            str(model), cache_dir=cache_dir, model_dir=model_dir, storage_options=storage_options
+        card, graph = registry.load_onnx(
+            str(model), "emotion", cache_dir=cache_dir, model_dir=model_dir, storage_options=storage_options
         )
-        try:
-            graph = onnx.load(str(path))
-        except Exception as exc:
-            raise ValueError(f"{redact_uri(str(model))}: not an ONNX model ({exc})") from exc
         name = card.name if card else Path(str(model)).stem
         graph, weight, bias = _split_head(graph, redact_uri(str(model)))
         settings = infer_settings(graph, weight, name, card, overrides)

@@ -29,6 +29,7 @@ from types import MappingProxyType
 from typing import Literal
 
 import fsspec
+import onnx
 from fsspec.implementations.local import LocalFileSystem
 
 from emotibatch.redact import redact_uri
@@ -529,6 +530,28 @@ def _resolve_uri(uri: str, cache: Path, options: dict) -> Path:
         _install(target, lambda tmp: fs.get_file(path, str(tmp)), check, f"model {shown}")
         _write_json_atomic(stamp_file, stamp)
     return target
+
+
+def load_onnx(
+    model: str,
+    kind: Literal["emotion", "detector"],
+    *,
+    cache_dir: str | None = None,
+    model_dir: str | None = None,
+    storage_options: dict | None = None,
+) -> tuple[ModelCard | None, onnx.ModelProto]:
+    """Resolve `model` (name, path or URI) and parse it: its card (None for a bare file) and its graph.
+
+    A registered model of another kind, or a file that is not ONNX, is a ValueError naming it.
+    """
+    card = get_card(model)
+    if card is not None and card.kind != kind:
+        raise ValueError(f"{model} is registered as a {card.kind} model, not a {kind} model")
+    path = resolve(model, cache_dir=cache_dir, model_dir=model_dir, storage_options=storage_options)
+    try:
+        return card, onnx.load(str(path))
+    except Exception as exc:
+        raise ValueError(f"{redact_uri(model)}: not an ONNX model ({exc})") from exc
 
 
 def resolve(
