@@ -264,13 +264,14 @@ class FaceDetector:
         """One `Detections` per RGB uint8 HxWx3 frame (sizes may differ)."""
         check_images(frames, "frame")
         width, height = self.input_size
+
+        def fill(frame: np.ndarray, canvas: np.ndarray) -> float:
+            return letterbox(frame, self.input_size, canvas)
+
         results: list[Detections] = []
-        for start in range(0, len(frames), self.batch_size):
-            chunk = frames[start : start + self.batch_size]
-            canvases = np.empty((len(chunk), height, width, 3), np.uint8)
-            scales = [letterbox(frame, self.input_size, canvases[i]) for i, frame in enumerate(chunk)]
+        for _, canvases, scales in self.runner.batches(frames, self.batch_size, (height, width, 3), fill):
             outputs = self._forward(canvases)
-            results += [self._decode([o[i] for o in outputs], scales[i]) for i in range(len(chunk))]
+            results += [self._decode([o[i] for o in outputs], scale) for i, scale in enumerate(scales)]
         return results
 
     def _decode(self, heads: list[np.ndarray], det_scale: float) -> Detections:

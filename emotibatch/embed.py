@@ -17,7 +17,7 @@ import onnx
 from onnx import numpy_helper
 
 from emotibatch import registry
-from emotibatch.preprocess import check_images, normalisation_lut, resize_crops
+from emotibatch.preprocess import check_images, normalisation_lut, resize_crop
 from emotibatch.redact import redact_uri
 from emotibatch.runtime import PIXELS, Device, Runner, make_runner, with_uint8_input
 
@@ -192,9 +192,8 @@ class EmotionModel:
         check_images(crops, "crop")
         size = self.settings.input_size
         out = np.empty((len(crops), self.settings.feature_dim), np.float32)
-        for start in range(0, len(crops), self.batch_size):
-            chunk = crops[start : start + self.batch_size]
-            out[start : start + len(chunk)] = self.runner.run({PIXELS: resize_crops(chunk, size)})[0]
+        for start, pixels, _ in self.runner.batches(crops, self.batch_size, (size, size, 3), resize_crop):
+            out[start : start + len(pixels)] = self.runner.run({PIXELS: pixels})[0]
         return out
 
     def predict(self, crops: Sequence[np.ndarray]) -> EmotionOutput:

@@ -71,12 +71,16 @@ def normalisation_lut(mean: Sequence[float], std: Sequence[float], scale: float 
 SCRFD_LUT = normalisation_lut((127.5,) * 3, (128.0,) * 3, scale=1.0)
 
 
-def resize_crops(crops: Sequence[np.ndarray], size: int, out: np.ndarray | None = None) -> np.ndarray:
-    """Stack crops resized to size x size (cv2 INTER_LINEAR, aspect not kept) into uint8 [N, S, S, 3]."""
-    if out is None:
-        out = np.empty((len(crops), size, size, 3), np.uint8)
-    for i, crop in enumerate(crops):
-        out[i] = cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
+def resize_crop(crop: np.ndarray, out: np.ndarray) -> None:
+    """Write `crop` resized to `out`'s S x S (cv2 INTER_LINEAR, aspect not kept) into `out` [S, S, 3]."""
+    out[...] = cv2.resize(crop, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def resize_crops(crops: Sequence[np.ndarray], size: int) -> np.ndarray:
+    """Stack crops resized to size x size into uint8 [N, S, S, 3] (see `resize_crop`)."""
+    out = np.empty((len(crops), size, size, 3), np.uint8)
+    for crop, slot in zip(crops, out):
+        resize_crop(crop, slot)
     return out
 
 

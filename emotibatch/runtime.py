@@ -9,16 +9,23 @@
 - Models take uint8 NHWC pixels (`with_uint8_input`): normalisation is a table lookup inside the graph, so
   it runs on the device on CUDA, and the upload is a quarter of a float32 one. On CUDA inputs and outputs
   go through IO binding: one upload per batch.
+- On CUDA the host work that fills a batch (a cv2 resize per crop, a letterbox per frame) outweighs the
+  model, so `Runner.batches` spreads it over the caller's CPU share and fills the next batch while the
+  device runs this one (cv2 and onnxruntime both release the GIL). On the CPU the session already has
+  every thread: batches are filled inline.
 """
 
 from __future__ import annotations
 
 import ctypes.util
+import itertools
 import logging
 import math
 import os
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import onnx
@@ -33,6 +40,8 @@ CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 PIXELS = "pixels"
+Item = TypeVar("Item")
+Fill = Callable[[Item, np.ndarray], Any]
 
 
 def cpu_share() -> int:
@@ -130,10 +139,19 @@ def _shape(dims) -> list:
 
 @dataclass
 class Runner:
-    """An onnxruntime session with its device, run with IO binding on CUDA."""
+    """An onnxruntime session with its device, run with IO binding on CUDA.
+
+    `fill_threads` > 0 fills batches on that many threads, one batch ahead (see `batches`).
+    """
 
     session: ort.InferenceSession
     device: Literal["cpu", "cuda"]
+    fill_threads: int = 0
+    _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.fill_threads:
+            self._pool = ThreadPoolExecutor(self.fill_threads, thread_name_prefix="emotibatch-fill")
 
     @property
     def providers(self) -> list[str]:
@@ -149,6 +167,37 @@ class Runner:
             binding.bind_output(out.name, "cpu")
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
+
+    def batches(
+        self, items: Sequence[Item], batch_size: int, shape: tuple[int, ...], fill: Fill
+    ) -> Iterator[tuple[int, np.ndarray, list]]:
+        """Yield (start, uint8 [n, *shape] batch, fill's return values) for consecutive `items`.
+
+        `fill(item, out)` writes one item into its slot of the batch. With fill threads the next batch
+        is being filled while the caller runs this one; at most two batches are held at once.
+        """
+        waiting = self._fill(items[:batch_size], shape, fill)
+        for start in range(0, len(items), batch_size):
+            batch, results = waiting()
+            following = start + batch_size
+            if following < len(items):
+                waiting = self._fill(items[following : following + batch_size], shape, fill)
+            yield start, batch, results
+
+    def _fill(
+        self, items: Sequence[Item], shape: tuple[int, ...], fill: Fill
+    ) -> Callable[[], tuple[np.ndarray, list]]:
+        """Start filling a batch of `items` on the fill threads; return a call that waits for it."""
+        batch = np.empty((len(items), *shape), np.uint8)
+
+        def part(lo: int, hi: int) -> list:
+            return [fill(items[i], batch[i]) for i in range(lo, hi)]
+
+        if self._pool is None:  # filled when waited for, not ahead
+            return lambda: (batch, part(0, len(items)))
+        bounds = np.linspace(0, len(items), min(self.fill_threads, len(items)) + 1).astype(int)
+        futures = [self._pool.submit(part, lo, hi) for lo, hi in itertools.pairwise(bounds)]
+        return lambda: (batch, [r for f in futures for r in f.result()])
 
 
 def make_runner(
@@ -175,4 +224,6 @@ def make_runner(
             raise RuntimeError(message)
         log.warning("%s; running on the CPU", message)
     log.info("%s: onnxruntime providers %s, %d threads", name, active, options.intra_op_num_threads)
-    return Runner(session, "cuda" if on_gpu else "cpu")
+    if on_gpu:
+        return Runner(session, "cuda", fill_threads=options.intra_op_num_threads)
+    return Runner(session, "cpu")

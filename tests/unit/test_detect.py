@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -99,14 +100,17 @@ def reference_frames() -> list[np.ndarray]:
     return frames
 
 
-@pytest.mark.parametrize("fixture", ["scrfd_path", "scrfd_batched_path"])
-def test_equals_insightface_scrfd(request: pytest.FixtureRequest, fixture: str) -> None:
+@pytest.mark.parametrize(
+    ("fixture", "fill_threads"), [("scrfd_path", 0), ("scrfd_batched_path", 0), ("scrfd_path", 3)]
+)
+def test_equals_insightface_scrfd(request: pytest.FixtureRequest, fixture: str, fill_threads: int) -> None:
     scrfd = pytest.importorskip("insightface.model_zoo.scrfd")
     path = str(request.getfixturevalue(fixture))
     ref = scrfd.SCRFD(path)
     ref.prepare(-1)
     ours = FaceDetector.load(path, device="cpu", batch_size=4)
     assert ours.batch_size == 4, "the graph should have been made batched"
+    ours.runner = dataclasses.replace(ours.runner, fill_threads=fill_threads)  # 3: as on CUDA
     frames = reference_frames()
     found = ours.detect(frames)
     total = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -39,11 +40,13 @@ def reference(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     return make
 
 
+@pytest.mark.parametrize("fill_threads", [0, 3], ids=["inline", "threaded-fill"])
 @pytest.mark.parametrize("name", ["enet_b0_8_best_vgaf", "enet_b0_8_va_mtl"])
-def test_equals_emotiefflib(reference, model_dir: Path, name: str) -> None:
+def test_equals_emotiefflib(reference, model_dir: Path, name: str, fill_threads: int) -> None:
     path = model_dir / f"{name}.onnx"
     ref = reference(name, path)
     ours = EmotionModel.load(str(path), device="cpu", batch_size=16)
+    ours.runner = dataclasses.replace(ours.runner, fill_threads=fill_threads)  # as on CUDA
     crops = diverse_crops(40)
     out = ours.predict(crops)
     ref_features = ref.extract_features(crops)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -62,3 +64,30 @@ def test_uint8_input_prefix_is_exact(emotion_path: Path) -> None:
         prefixed.run({runtime.PIXELS: pixels})[0], plain.run({"input": normalised})[0], rtol=0, atol=1e-5
     )
     assert prefixed.session.get_inputs()[0].type == "tensor(uint8)"
+
+
+@pytest.mark.parametrize("threads", [0, 1, 3])
+def test_batches_are_filled_in_order_and_ahead_with_fill_threads(emotion_path: Path, threads: int) -> None:
+    runner = dataclasses.replace(
+        runtime.make_runner(onnx.load(str(emotion_path)), device="cpu", num_threads=1), fill_threads=threads
+    )
+    third_batch_started = threading.Event()
+
+    def fill(item: int, out: np.ndarray) -> int:
+        if item == 8:
+            third_batch_started.set()
+        out[...] = item
+        return item * 10
+
+    seen = []
+    for start, batch, results in runner.batches(list(range(10)), 4, (2, 3), fill):
+        if start == 4:  # the caller holds the second batch: the third is being filled only with threads
+            assert third_batch_started.wait(5 if threads else 0) == bool(threads)
+        assert batch.dtype == np.uint8 and batch.shape[1:] == (2, 3)
+        seen.append((start, batch[:, 0, 0].tolist(), results))
+    assert seen == [
+        (0, [0, 1, 2, 3], [0, 10, 20, 30]),
+        (4, [4, 5, 6, 7], [40, 50, 60, 70]),
+        (8, [8, 9], [80, 90]),
+    ]
+    assert list(runner.batches([], 4, (2, 3), fill)) == []
