@@ -105,9 +105,14 @@ class Recipe:
         return asdict(self)
 
 
-def _window_starts(duration_s: float, length: float, step: float) -> np.ndarray:
-    """Starts 0, step, 2 step, ... up to the first window that reaches the end of the clip."""
-    last = max(0, math.ceil((duration_s - length) / step - 1e-9))
+def _window_starts(duration_s: float, last_face_s: float | None, length: float, step: float) -> np.ndarray:
+    """Starts 0, step, 2 step, ... until a window reaches the clip's end and one holds its last face.
+
+    Windows are half-open, [start, start + length): a face at exactly a window's end is in the next one.
+    """
+    to_end = math.ceil((duration_s - length) / step - 1e-9)
+    to_face = 0 if last_face_s is None else math.floor((last_face_s - length) / step + 1e-9) + 1
+    last = max(0, to_end, to_face)
     return np.round(np.arange(last + 1) * step, 9)  # 3 * 0.1 is 0.30000000000000004: it would miss 0.3
 
 
@@ -121,7 +126,7 @@ def describe_video(
     """One video's descriptor rows (`descriptor_schema`) from its faces table (None or empty: no faces).
 
     Whole-clip windows without faces keep a null row (timelines need every window); a track gets rows
-    only for the windows it appears in. `duration_s` spans the windows (default: up to the last face).
+    only for the windows it appears in. The windows span `duration_s` and every face, even one past it.
     """
     pool = POOLS[recipe.name]
     out_schema = schema.descriptor_schema(
@@ -151,8 +156,10 @@ def describe_video(
     if recipe.windows is None:
         spans: np.ndarray | None = None
     else:
-        end = duration_s if duration_s else (float(np.nextafter(times[-1], np.inf)) if len(times) else 0.0)
-        starts = _window_starts(end, recipe.windows, recipe.window_step or recipe.windows)
+        last_face = float(times.max()) if len(times) else None
+        starts = _window_starts(
+            duration_s or 0.0, last_face, recipe.windows, recipe.window_step or recipe.windows
+        )
         spans = np.stack([starts, starts + recipe.windows], axis=1)
 
     rows: list[tuple[int | None, float | None, float | None, np.ndarray]] = []

@@ -53,7 +53,8 @@ def window_starts(n_frames: int, window: int = DEFAULT_WINDOW, stride: int = 1) 
             f"at 1 fps that is {window} s of video with the face found in every sampled frame "
             f"(sampling at 2 fps halves it); use a longer track"
         )
-    return np.arange(0, n_frames - window + 1, stride)
+    starts = np.arange(0, n_frames - window + 1, stride)
+    return starts if starts[-1] == n_frames - window else np.append(starts, n_frames - window)
 
 
 def _strings(values: object) -> list[str]:

@@ -99,6 +99,15 @@ def test_per_track_windows_keep_null_clip_windows_and_only_the_windows_a_track_i
     assert keys == [(0, 0.0), (0, 0.5), (0, 1.0), (1, 0.0), (1, 1.0)]  # track 1 is absent at 0.5 s
 
 
+@pytest.mark.parametrize("duration_s", [None, 0.6])
+def test_windows_hold_every_face(duration_s: float | None) -> None:
+    # Frames at 0, 0.5 and 1.0 s: the last face sits on a window boundary, past a short container duration.
+    out = describe_video("v", faces_table(), Recipe("afew", windows=0.5), 8, duration_s=duration_s)
+    rows = out.drop_columns(["descriptor"]).to_pylist()
+    assert [r["window_start_s"] for r in rows] == [0.0, 0.5, 1.0]
+    assert [r["n_faces"] for r in rows] == [1, 1, 1]  # one face per frame (AFEW)
+
+
 def test_a_clip_without_faces_keeps_null_rows() -> None:
     one = describe_video("empty", None, Recipe("afew"), width=8)
     assert one.to_pylist() == [

@@ -182,7 +182,8 @@ def test_chunking_and_stride_do_not_change_results(model: EngagementModel) -> No
 
 def test_window_starts_include_the_last_window() -> None:
     assert window_starts(130).tolist() == [0, 1, 2]
-    assert window_starts(300, 128, 100).tolist() == [0, 100]
+    assert window_starts(300, 128, 100).tolist() == [0, 100, 172]  # strided: the last full window too
+    assert window_starts(328, 128, 100).tolist() == [0, 100, 200]
     with pytest.raises(ValueError, match="stride"):
         window_starts(300, 128, 0)
 
