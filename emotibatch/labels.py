@@ -2,7 +2,7 @@
 
 Corpora name clips their own way (`Val/Happy/001.avi`, `1100011002.avi`, `subject_1_Vid_2`) and the extract
 names videos by file stem, or by relative path where stems collide. The join therefore matches ids without
-their extension, exactly first, then by last path component where that names one clip on each side, and
+their extension, exactly first, then by the longest path tail that pairs one clip with one video, and
 reports what it could not match rather than dropping it silently.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -169,14 +169,14 @@ class JoinReport:
     matched: int
     videos_without_label: tuple[str, ...]
     labels_without_video: tuple[str, ...]
-    ambiguous: tuple[str, ...]  # video ids whose file name alone names several clips
+    ambiguous: tuple[str, ...]  # video ids that several labelled clips fit equally well
 
     def __str__(self) -> str:
         parts = [f"{self.matched} clips labelled"]
         for what, ids in (
             ("videos without a label", self.videos_without_label),
             ("labels without a video", self.labels_without_video),
-            ("ambiguous ids (same file name in several folders)", self.ambiguous),
+            ("ambiguous ids (several labelled clips fit them)", self.ambiguous),
         ):
             if ids:
                 more = ", ..." if len(ids) > EXAMPLES else ""
@@ -192,31 +192,64 @@ def _name(key: str) -> str:
     return key.rsplit("/", 1)[-1]
 
 
+def _shared_tail(a: str, b: str) -> int:
+    """How many trailing path components two keys share (`Train/Happy/001`, `Happy/001`: 2)."""
+    n = 0
+    for x, y in zip(reversed(a.split("/")), reversed(b.split("/"))):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _best(scores: dict[str, int]) -> str | None:
+    """The one entry with the highest score; None on a tie."""
+    top = max(scores.values())
+    winners = [k for k, score in scores.items() if score == top]
+    return winners[0] if len(winners) == 1 else None
+
+
 def join(video_ids: Iterable[str], labels: LabelSet) -> tuple[dict[str, str | float], JoinReport]:
-    """Labels by video id: the ids without extension equal, else the file names where a name belongs to one
-    video and one labelled clip (a name in several folders is reported as ambiguous, never guessed)."""
-    clips = {_key(clip): clip for clip in labels.labels}
+    """Labels by video id. Ids are compared without extension: equal ids match; otherwise a video matches
+    the labelled clip of its file name that shares the longest path tail with it, when no other clip ties
+    for it and no other video shares as long a tail with that clip. Ties, and an id whose clips carry
+    different labels (`a.avi`, `a.mp4`), are reported as ambiguous, never guessed."""
+    clips: dict[str, list[str]] = defaultdict(list)  # id without extension -> the clips as written
+    for clip in labels.labels:
+        clips[_key(clip)].append(clip)
     videos = sorted(set(video_ids))
-    matched = {v: clips[_key(v)] for v in videos if _key(v) in clips}
-    video_names = Counter(_name(_key(v)) for v in videos)
-    clips_by_name: dict[str, list[str]] = defaultdict(list)
-    for key, clip in clips.items():
-        clips_by_name[_name(key)].append(clip)
-    taken = set(matched.values())
+    keys_by_name: dict[str, list[str]] = defaultdict(list)
+    for key in clips:
+        keys_by_name[_name(key)].append(key)
+    videos_by_name: dict[str, list[str]] = defaultdict(list)
+    for v in videos:
+        videos_by_name[_name(_key(v))].append(v)
+
+    matched: dict[str, str] = {}  # video -> key
     ambiguous = []
     for v in videos:
-        candidates = clips_by_name.get(_name(_key(v)), [])
-        if v in matched or not candidates:
-            continue
-        if len(candidates) == 1 and video_names[_name(_key(v))] == 1 and candidates[0] not in taken:
-            matched[v] = candidates[0]
-            taken.add(candidates[0])
-        else:
+        key = _key(v)
+        if key not in clips:
+            candidates = keys_by_name.get(_name(key))
+            if not candidates:
+                continue
+            choice = _best({c: _shared_tail(key, c) for c in candidates})
+            if choice is None:
+                ambiguous.append(v)
+                continue
+            rivals = {u: _shared_tail(_key(u), choice) for u in videos_by_name[_name(key)]}
+            if _best(rivals) != v:
+                continue
+            key = choice
+        if len({labels.labels[c] for c in clips[key]}) > 1:
             ambiguous.append(v)
+        else:
+            matched[v] = key
+    taken = set(matched.values())
     report = JoinReport(
         matched=len(matched),
         videos_without_label=tuple(v for v in videos if v not in matched and v not in ambiguous),
-        labels_without_video=tuple(sorted(c for c in clips.values() if c not in taken)),
+        labels_without_video=tuple(sorted(c for key, cs in clips.items() if key not in taken for c in cs)),
         ambiguous=tuple(ambiguous),
     )
-    return {v: labels.labels[clip] for v, clip in matched.items()}, report
+    return {v: labels.labels[clips[key][0]] for v, key in matched.items()}, report

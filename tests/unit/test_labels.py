@@ -52,6 +52,25 @@ def test_a_file_name_in_several_folders_is_reported_as_ambiguous_not_guessed(tmp
     assert report.labels_without_video == ("Train/Happy/001.avi",)
 
 
+def test_the_longest_shared_path_tail_wins() -> None:
+    # Labels read from Train/ (AFEW's layout) against an extract that named videos by path below the corpus.
+    labels = LabelSet({"Happy/001.avi": "Happy", "Sad/002.avi": "Sad"}, "classification", (), "Train")
+    found, report = join(["Train/Happy/001", "Val/Sad/001", "Test/002"], labels)
+    assert found == {"Train/Happy/001": "Happy", "Test/002": "Sad"}  # 002: its file name is unique
+    assert report.videos_without_label == ("Val/Sad/001",)  # Happy/001 is Train/Happy/001's, by 2 parts
+    assert report.ambiguous == () and report.labels_without_video == ()
+
+
+def test_one_id_with_two_extensions_and_two_labels_is_ambiguous() -> None:
+    labels = LabelSet(
+        {"a.avi": "Happy", "a.mp4": "Sad", "b.avi": "Sad", "b.mp4": "Sad"}, "classification", (), "x"
+    )
+    found, report = join(["a", "b"], labels)
+    assert found == {"b": "Sad"}  # the same label twice is no conflict
+    assert report.ambiguous == ("a",)
+    assert report.labels_without_video == ("a.avi", "a.mp4")
+
+
 def test_vgaf_labels_file(tmp_path: Path) -> None:
     path = write(tmp_path / "Val_labels.txt", "Vid_name Label\n10_1 1\n10_2.mp4 2\n\n11_7 3\n")
     labels = read_labels(path, "vgaf")
