@@ -1,8 +1,10 @@
 """Clip-level models over descriptors: the recipes' scikit-learn pipelines, evaluation and persistence.
 
-Tasks (REFERENCE §3): `afew` LinearSVC (C=1.1) on L2-normalised descriptors; `vgaf` SVC-RBF, its
-probabilities calibrated (scikit-learn 1.9 replaces `SVC(probability=True)` with that); `engagewild` ridge
-regression (or SVR); `daisee` and `generic` logistic regression. A model directory holds the estimator in
+Tasks (REFERENCE §3) and their default estimators: `afew` LinearSVC (C=1.1) on L2-normalised descriptors;
+`vgaf` SVC-RBF, its probabilities calibrated (scikit-learn 1.9 replaces `SVC(probability=True)` with that;
+its label is the most probable class); `engagewild` ridge regression; `daisee` and `generic` logistic
+regression. `estimator` picks another of the task's kind (`ESTIMATORS`: SVR for EngageWild, say).
+A model directory holds the estimator in
 skops format (never pickle: loading checks that it holds scikit-learn and numpy types only), a model card
 naming the emotion model and recipe behind its training descriptors, metrics and a plot. Predicting on
 descriptors of another emotion model or recipe is refused: their numbers mean something else.
@@ -51,47 +53,53 @@ from emotibatch.redact import redact_uri
 from emotibatch.sink import Output
 
 Task = Literal["afew", "vgaf", "engagewild", "daisee", "generic"]
-Regressor = Literal["ridge", "svr"]
 MODEL_FILE, CARD_FILE, METRICS_FILE = "model.skops", "model_card.json", "metrics.json"
 PLOT_FILES = {"classification": "confusion_matrix.png", "regression": "predicted_vs_true.png"}
 TRUSTED_MODULES = ("sklearn", "numpy")
 KEYS = ("video_id", "track_id", "window_start_s", "window_end_s")
 
-REGRESSORS: dict[str, Callable[[], BaseEstimator]] = {
-    "ridge": lambda: RidgeCV(alphas=np.logspace(-2, 4, 13)),
-    "svr": SVR,
+
+@dataclass(frozen=True)
+class EstimatorSpec:
+    kind: Kind
+    make: Callable[[int], Pipeline]  # seed -> an unfitted pipeline
+
+
+ESTIMATORS: dict[str, EstimatorSpec] = {
+    "linearsvc": EstimatorSpec(
+        "classification", lambda seed: make_pipeline(Normalizer(), LinearSVC(C=1.1, random_state=seed))
+    ),
+    # Calibrated probabilities, and the label they give, where SVC(probability=True) used to be.
+    "svc-rbf": EstimatorSpec(
+        "classification",
+        lambda seed: make_pipeline(
+            StandardScaler(), CalibratedClassifierCV(SVC(kernel="rbf"), ensemble=False)
+        ),
+    ),
+    "logistic": EstimatorSpec(
+        "classification",
+        lambda seed: make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed)),
+    ),
+    "ridge": EstimatorSpec(
+        "regression", lambda seed: make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 4, 13)))
+    ),
+    "svr": EstimatorSpec("regression", lambda seed: make_pipeline(StandardScaler(), SVR())),
 }
-
-
-def _logistic(regressor: str, seed: int) -> Pipeline:
-    return make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
 
 
 @dataclass(frozen=True)
 class TaskSpec:
     recipe: RecipeName  # the recipe its descriptors are made with unless told otherwise
     kind: Kind
-    estimator: Callable[[str, int], Pipeline]  # (regressor, seed) -> an unfitted pipeline
+    estimator: str  # the default, a key of ESTIMATORS
 
 
 TASKS: dict[str, TaskSpec] = {
-    "afew": TaskSpec(
-        "afew",
-        "classification",
-        lambda r, seed: make_pipeline(Normalizer(), LinearSVC(C=1.1, random_state=seed)),
-    ),
-    "vgaf": TaskSpec(
-        "vgaf",
-        "classification",
-        lambda r, seed: make_pipeline(
-            StandardScaler(), CalibratedClassifierCV(SVC(kernel="rbf"), ensemble=False)
-        ),
-    ),
-    "engagewild": TaskSpec(
-        "engagewild", "regression", lambda r, seed: make_pipeline(StandardScaler(), REGRESSORS[r]())
-    ),
-    "daisee": TaskSpec("engagewild", "classification", _logistic),
-    "generic": TaskSpec("afew", "classification", _logistic),
+    "afew": TaskSpec("afew", "classification", "linearsvc"),
+    "vgaf": TaskSpec("vgaf", "classification", "svc-rbf"),
+    "engagewild": TaskSpec("engagewild", "regression", "ridge"),
+    "daisee": TaskSpec("engagewild", "classification", "logistic"),
+    "generic": TaskSpec("afew", "classification", "logistic"),
 }
 
 
@@ -120,6 +128,12 @@ def _labelled(descriptors: pa.Table, labels: LabelSet) -> _Labelled:
         report=report,
         without_faces=len(rows) - len(use),
     )
+
+
+def _provenance(meta: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+    """What descriptors must share to be compared: (emotion model name, feature width), recipe identity."""
+    model, recipe = meta.get("emotion_model") or {}, meta.get("recipe") or {}
+    return (model.get("name"), model.get("feature_dim")), {k: recipe.get(k) for k in RECIPE_IDENTITY}
 
 
 def _metrics(kind: str, y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
@@ -177,10 +191,10 @@ class ClipModel(BaseEstimator):
     """
 
     def __init__(
-        self, task: Task = "generic", *, regressor: Regressor = "ridge", n_splits: int = 5, seed: int = 0
+        self, task: Task = "generic", *, estimator: str | None = None, n_splits: int = 5, seed: int = 0
     ):
         self.task = task
-        self.regressor = regressor
+        self.estimator = estimator
         self.n_splits = n_splits
         self.seed = seed
 
@@ -188,17 +202,29 @@ class ClipModel(BaseEstimator):
         problems = []
         if self.task not in TASKS:
             problems.append(f"task must be one of {sorted(TASKS)}, got {self.task!r}")
-        if self.regressor not in REGRESSORS:
-            problems.append(f"regressor must be one of {sorted(REGRESSORS)}, got {self.regressor!r}")
+        elif self.estimator is not None:
+            kind = TASKS[self.task].kind
+            fitting = sorted(name for name, spec in ESTIMATORS.items() if spec.kind == kind)
+            if self.estimator not in fitting:
+                problems.append(
+                    f"task {self.task} ({kind}) takes estimator {fitting}, got {self.estimator!r}"
+                )
         if not isinstance(self.n_splits, int) or self.n_splits < 2:
             problems.append(f"n_splits must be an integer >= 2, got {self.n_splits!r}")
         if problems:
             raise ValueError("; ".join(problems))
 
     def _estimator(self) -> Pipeline:
-        return TASKS[self.task].estimator(self.regressor, self.seed)
+        return ESTIMATORS[self.estimator or TASKS[self.task].estimator].make(self.seed)
 
-    def fit(self, descriptors: pa.Table, labels: LabelSet, val: LabelSet | None = None) -> ClipModel:
+    def fit(
+        self,
+        descriptors: pa.Table,
+        labels: LabelSet,
+        val: LabelSet | None = None,
+        val_descriptors: pa.Table | None = None,
+    ) -> ClipModel:
+        """Fit on `labels`; evaluate on `val` joined with `val_descriptors` (default: `descriptors`)."""
         self._validate_params()
         kind = TASKS[self.task].kind
         meta = schema.read_metadata(descriptors.schema)
@@ -214,7 +240,15 @@ class ClipModel(BaseEstimator):
                 f"{len(train.y)} labelled clips with faces ({train.report}): too few to fit and evaluate"
             )
         if val is not None:
-            held = _labelled(descriptors, val)
+            if val_descriptors is None:
+                val_descriptors = descriptors
+            theirs, ours = _provenance(schema.read_metadata(val_descriptors.schema)), _provenance(meta)
+            if theirs != ours:
+                raise ValueError(
+                    f"the validation features (model, recipe) {theirs} differ from the training features "
+                    f"{ours}: extract and aggregate both alike"
+                )
+            held = _labelled(val_descriptors, val)
             self.val_join_ = held.report
             shared = sorted(set(train.groups) & set(held.groups))
             if shared:
@@ -270,16 +304,14 @@ class ClipModel(BaseEstimator):
     def _check_descriptors(self, descriptors: pa.Table) -> None:
         """Refuse descriptors made from another emotion model or with another recipe than the training ones."""
         check_is_fitted(self, "estimator_")
-        meta = schema.read_metadata(descriptors.schema)
-        want, got = self.card_["emotion_model"], meta.get("emotion_model") or {}
-        if (got.get("name"), got.get("feature_dim")) != (want["name"], want["feature_dim"]):
+        (got_name, got_dim), got_recipe = _provenance(schema.read_metadata(descriptors.schema))
+        (want_name, want_dim), want_recipe = _provenance(self.card_)
+        if (got_name, got_dim) != (want_name, want_dim):
             raise ValueError(
-                f"these features come from emotion model {got.get('name')!r} ({got.get('feature_dim')}-d), but "
-                f"this {self.task} model was trained on features of {want['name']!r} ({want['feature_dim']}-d): "
-                f"extract with --model {want['model']} to use it"
+                f"these features come from emotion model {got_name!r} ({got_dim}-d), but this {self.task} "
+                f"model was trained on features of {want_name!r} ({want_dim}-d): extract with --model "
+                f"{self.card_['emotion_model']['model']} to use it"
             )
-        want_recipe = {k: self.card_["recipe"][k] for k in RECIPE_IDENTITY}
-        got_recipe = {k: (meta.get("recipe") or {}).get(k) for k in RECIPE_IDENTITY}
         if got_recipe != want_recipe:
             raise ValueError(
                 f"these descriptors were made with recipe {got_recipe}, but this {self.task} model was trained "
@@ -287,7 +319,8 @@ class ClipModel(BaseEstimator):
             )
 
     def predict(self, descriptors: pa.Table) -> pa.Table:
-        """video_id (track, window), `prediction` (null without faces), then `prob_<class>` or `score`."""
+        """video_id (track, window), `prediction` (null without faces), then `prob_<class>` (models with
+        probabilities), `score_<class>` (LinearSVC's decision values) or `score` (regression)."""
         self._check_descriptors(descriptors)
         has_faces = np.asarray(descriptors["has_faces"].to_pylist(), bool)
         rows = np.flatnonzero(has_faces)
@@ -310,14 +343,16 @@ class ClipModel(BaseEstimator):
             table = table.append_column(
                 "prediction", column(self.estimator_.predict(X) if len(rows) else np.zeros(0), pa.string())
             )
+            classes = self.estimator_.classes_
             if hasattr(self.estimator_, "predict_proba"):
-                probs = (
-                    self.estimator_.predict_proba(X)
-                    if len(rows)
-                    else np.zeros((0, len(self.estimator_.classes_)))
-                )
-                for j, name in enumerate(self.estimator_.classes_):
-                    table = table.append_column(f"prob_{name}", column(probs[:, j], pa.float32()))
+                prefix, values = "prob", self.estimator_.predict_proba
+            else:  # LinearSVC: its decision values, one per class (two-class models give one, for classes[1])
+                prefix, values = "score", self.estimator_.decision_function
+            scores = values(X) if len(rows) else np.zeros((0, len(classes)))
+            if scores.ndim == 1:
+                scores = np.stack([-scores, scores], axis=1)
+            for j, name in enumerate(classes):
+                table = table.append_column(f"{prefix}_{name}", column(scores[:, j], pa.float32()))
         info = {k: self.card_[k] for k in ("emotibatch", "task", "recipe", "emotion_model", "classes")}
         return table.replace_schema_metadata({schema.METADATA_KEY: json.dumps(info, sort_keys=True).encode()})
 
@@ -361,29 +396,34 @@ def fit(
     out: str | Path,
     *,
     val: str | None = None,
+    val_features: str | None = None,
     target: str | None = None,
     recipe: RecipeName | None = None,
     emotion_probs: bool = False,
-    regressor: Regressor = "ridge",
+    estimator: str | None = None,
     n_splits: int = 5,
     seed: int = 0,
     storage_options: dict | None = None,
     address: str | None = None,
     local: bool = False,
 ) -> ClipModel:
-    """Read the labels, get the descriptors (aggregating an extract output), fit, evaluate, save to `out`."""
+    """Read the labels, get the descriptors (aggregating an extract output), fit, evaluate, save to `out`.
+
+    `val` labels are joined with `val_features` when given (a split extracted apart), else with `features`.
+    """
     if task not in TASKS:
         raise ValueError(f"task must be one of {sorted(TASKS)}, got {task!r}")
     train = read_labels(labels, task, target=target)
     held = read_labels(val, task, target=target) if val is not None else None
-    descriptors = load_descriptors(
-        features,
-        Recipe(recipe or TASKS[task].recipe, emotion_probs=emotion_probs),
-        storage_options=storage_options,
-        address=address,
-        local=local,
+    if val_features is not None and val is None:
+        raise ValueError("--val-features needs --val (the labels of those clips)")
+    chosen = Recipe(recipe or TASKS[task].recipe, emotion_probs=emotion_probs)
+    common = {"storage_options": storage_options, "address": address, "local": local}
+    descriptors = load_descriptors(features, chosen, **common)
+    held_descriptors = load_descriptors(val_features, chosen, **common) if val_features else None
+    model = ClipModel(task, estimator=estimator, n_splits=n_splits, seed=seed).fit(
+        descriptors, train, held, held_descriptors
     )
-    model = ClipModel(task, regressor=regressor, n_splits=n_splits, seed=seed).fit(descriptors, train, held)
     model.save(out)
     return model
 

@@ -322,6 +322,11 @@ def aggregate_command(
 )
 @click.option("--task", required=True, type=click.Choice(sorted(classify.TASKS)))
 @click.option("--val", metavar="PATH", help="Validation labels (default: 5-fold cross-validation).")
+@click.option(
+    "--val-features",
+    metavar="DIR_OR_URI",
+    help="The validation clips' extract or aggregate output, if not in --features.",
+)
 @click.option("--out", required=True, metavar="MODEL_DIR", help="Where model, card, metrics and plot go.")
 @click.option(
     "--target", type=click.Choice(DAISEE_TARGETS), help="DAiSEE's label column (default engagement)."
@@ -331,7 +336,9 @@ def aggregate_command(
 )
 @click.option("--emotion-probs", is_flag=True, help="Descriptors with emotion probabilities appended.")
 @click.option(
-    "--regressor", type=click.Choice(sorted(classify.REGRESSORS)), default="ridge", show_default=True
+    "--estimator",
+    type=click.Choice(sorted(classify.ESTIMATORS)),
+    help="One of the task's kind (default: afew linearsvc, vgaf svc-rbf, engagewild ridge, others logistic).",
 )
 @click.option("--folds", type=int, default=5, show_default=True, help="Cross-validation folds without --val.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -343,11 +350,12 @@ def fit_command(
     labels_path,
     task,
     val,
+    val_features,
     out,
     target,
     recipe,
     emotion_probs,
-    regressor,
+    estimator,
     folds,
     seed,
     address,
@@ -362,10 +370,11 @@ def fit_command(
             task,
             out,
             val=val,
+            val_features=val_features,
             target=target,
             recipe=recipe,
             emotion_probs=emotion_probs,
-            regressor=regressor,
+            estimator=estimator,
             n_splits=folds,
             seed=seed,
             storage_options=storage_options,

@@ -31,7 +31,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Extract outputs whose face-0 features are a class mean plus noise, and label files for them.
 
     Clip i has class i % 3 (AFEW names; VGAF's for the VGAF labels) and engagement level (i % 4) / 3.
-    `other_model` holds the same clips under another emotion model.
+    `other_model` holds the same clips under another emotion model; `train_only` and `val_only` the
+    AFEW Train and Val clips as two extract outputs.
     """
     root = tmp_path_factory.mktemp("corpus")
     rng = np.random.default_rng(0)
@@ -41,6 +42,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     means = {v: centers[i % 3] for i, v in enumerate(ids)} | {"noface": None}
     paths = {"extract": root / "extract", "other_model": root / "other", "levels": root / "levels"}
     write_synthetic_extract(paths["extract"], means, frames=8, faces_per_frame=2, failed=["broken"])
+    for split, chosen in (("train_only", ids[:45]), ("val_only", ids[45:])):  # AFEW's Train and Val apart
+        paths[split] = root / split
+        write_synthetic_extract(paths[split], {v: means[v] for v in chosen}, frames=8, faces_per_frame=2)
     write_synthetic_extract(paths["other_model"], means, frames=8, faces_per_frame=2, model="enet_b2_8")
     levels = {v: round((i % 4) / 3, 2) for i, v in enumerate(ids)}
     write_synthetic_extract(paths["levels"], {v: 4 * lvl * direction for v, lvl in levels.items()}, frames=8)
@@ -57,8 +61,11 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     paths["vgaf"] = root / "Train_labels.txt"
     paths["vgaf"].write_text("\n".join(vgaf) + "\n")
     shuffled = np.random.default_rng(1).permutation([CLASSES[i % 3] for i in range(N_CLIPS)])
-    paths["shuffled"] = root / "shuffled.csv"
-    paths["shuffled"].write_text("video_id,label\n" + "".join(f"{v},{c}\n" for v, c in zip(ids, shuffled)))
+    paths["shuffled"] = root / "shuffled" / "Train_labels.txt"  # VGAF's format: the planted test's twin
+    paths["shuffled"].parent.mkdir()
+    paths["shuffled"].write_text(
+        "\n".join(["Vid_name Label"] + [f"{v}.mp4 {VGAF_CODES[c]}" for v, c in zip(ids, shuffled)]) + "\n"
+    )
     paths["engagement"] = root / "Engagement_Labels_Engagement.csv"
     paths["engagement"].write_text("".join(f"{v}\t{lvl}\n" for v, lvl in levels.items()))
     return paths
@@ -78,7 +85,7 @@ def test_cross_validation_is_clearly_above_chance_and_at_chance_on_shuffled_labe
     assert planted.metrics_["balanced_accuracy"] > 0.75, planted.metrics_
     assert planted.metrics_["n"] == N_CLIPS
     shuffled = classify.fit(
-        str(corpus["extract"]), str(corpus["shuffled"]), "generic", tmp_path / "shuffled", local=True
+        str(corpus["extract"]), str(corpus["shuffled"]), "vgaf", tmp_path / "shuffled", local=True
     )
     assert shuffled.metrics_["balanced_accuracy"] < 0.55, shuffled.metrics_
     assert shuffled.card_["validation"] == "5-fold cross-validation grouped by video, seed 0"
@@ -100,6 +107,40 @@ def test_a_given_validation_split_scores_held_out_clips(
     assert model.card_["labelled_clips_without_faces"] == 1  # noface: labelled, kept out of the fit
     assert model.val_join_.labels_without_video == ("Happy/ghost.avi",)
     assert np.array(model.metrics_["confusion_matrix"]).sum() == 15
+
+
+def test_a_validation_split_extracted_apart(corpus: dict[str, Path], tmp_path: Path) -> None:
+    model = classify.fit(
+        str(corpus["train_only"]),
+        str(corpus["afew_train"]),
+        "afew",
+        tmp_path / "m",
+        val=str(corpus["afew_val"]),
+        val_features=str(corpus["val_only"]),
+        local=True,
+    )
+    assert (model.card_["n_train"], model.card_["n_val"]) == (45, 15)
+    assert model.metrics_["accuracy"] > 0.8, model.metrics_
+    assert model.val_join_.videos_without_label == ()  # val_only holds the Val clips alone
+    with pytest.raises(ValueError, match=r"validation features .* differ from the training features"):
+        classify.fit(
+            str(corpus["train_only"]),
+            str(corpus["afew_train"]),
+            "afew",
+            tmp_path / "n",
+            val=str(corpus["afew_val"]),
+            val_features=str(corpus["other_model"]),
+            local=True,
+        )
+    with pytest.raises(ValueError, match="--val-features needs --val"):
+        classify.fit(
+            str(corpus["train_only"]),
+            str(corpus["afew_train"]),
+            "afew",
+            tmp_path / "o",
+            val_features=str(corpus["val_only"]),
+            local=True,
+        )
 
 
 def test_the_model_directory(afew_model: Path) -> None:
@@ -124,7 +165,10 @@ def test_predict_keeps_clips_without_faces_with_a_null_prediction(
     afew_model: Path, corpus: dict[str, Path], tmp_path: Path
 ) -> None:
     table = classify.predict(str(corpus["extract"]), afew_model, str(tmp_path / "p.parquet"), local=True)
-    assert table.schema.names == ["video_id", "prediction"]  # LinearSVC: no probabilities
+    assert table.schema.names == ["video_id", "prediction", "score_Happy", "score_Neutral", "score_Sad"]
+    scored = table.filter(table["prediction"].is_valid())
+    best = np.array([scored[f"score_{c}"].to_numpy() for c in ("Happy", "Neutral", "Sad")]).argmax(0)
+    assert [("Happy", "Neutral", "Sad")[i] for i in best] == scored["prediction"].to_pylist()
     rows = {r["video_id"]: r["prediction"] for r in pq.read_table(tmp_path / "p.parquet").to_pylist()}
     assert len(rows) == N_CLIPS + 1 and "broken" not in rows
     assert rows["noface"] is None
@@ -219,6 +263,37 @@ def test_bad_parameters_and_labels_of_the_wrong_kind(corpus: dict[str, Path], tm
         classify.fit(str(corpus["extract"]), str(corpus["vgaf"]), "vgaf", tmp_path, n_splits=1, local=True)
     with pytest.raises(ValueError, match="task must be one of"):
         classify.fit(str(corpus["extract"]), str(corpus["vgaf"]), "abaw", tmp_path, local=True)  # type: ignore[arg-type]
+    with pytest.raises(
+        ValueError,
+        match=r"task vgaf \(classification\) takes estimator \['linearsvc', 'logistic', 'svc-rbf'\], got 'svr'",
+    ):
+        classify.fit(
+            str(corpus["extract"]), str(corpus["vgaf"]), "vgaf", tmp_path, estimator="svr", local=True
+        )
+
+
+def test_another_estimator_of_the_tasks_kind(corpus: dict[str, Path], tmp_path: Path) -> None:
+    model = classify.fit(
+        str(corpus["levels"]),
+        str(corpus["engagement"]),
+        "engagewild",
+        tmp_path / "svr",
+        recipe="afew",
+        estimator="svr",
+        local=True,
+    )
+    assert "SVR()" in model.card_["estimator"] and model.card_["params"]["estimator"] == "svr"
+    assert ClipModel.load(tmp_path / "svr").estimator == "svr"
+    logistic = classify.fit(
+        str(corpus["extract"]),
+        str(corpus["afew_train"]),
+        "afew",
+        tmp_path / "lr",
+        estimator="logistic",
+        local=True,
+    )
+    assert "LogisticRegression" in logistic.card_["estimator"]
+    assert logistic.metrics_["balanced_accuracy"] > 0.75, logistic.metrics_
 
 
 def test_cli_fit_and_predict(corpus: dict[str, Path], tmp_path: Path) -> None:
