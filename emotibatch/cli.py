@@ -436,8 +436,8 @@ def predict_command(
 @click.option(
     "--engagement",
     metavar="FILE_OR_URI",
-    help="Engagement per window (Parquet: video_id, track_id, window_start_s, window_end_s, and engagement, "
-    "prob_Engaged or score).",
+    help="Engagement per window (Parquet: video_id, track_id, window_start_s, window_end_s, and prob_Engaged "
+    "or score), such as `emotibatch predict --windows S --per-track` writes.",
 )
 @click.option(
     "--thumbnails",

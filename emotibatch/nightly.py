@@ -26,7 +26,8 @@ Layout under OUT:
     OUT/date=YYYY-MM-DD/                         that night's extract output (faces/, videos/, runs/)
     OUT/date=YYYY-MM-DD/summaries/lectures/<video>.parquet    one row per lecture (schema.lecture_schema)
     OUT/date=YYYY-MM-DD/summaries/tracks/<video>.parquet      one row per face track (schema.track_schema)
-    OUT/date=YYYY-MM-DD/summaries/engagement/<video>.parquet  engagement timelines (schema.NIGHTLY_TIMELINE)
+    OUT/date=YYYY-MM-DD/summaries/engagement/<video>.parquet  engagement timelines (schema.NIGHTLY_TIMELINE:
+                                                 `emotibatch predict`'s columns, `score` the value averaged)
     OUT/date=YYYY-MM-DD/reports/<video>.html     one self-contained HTML report per lecture (report.py)
     OUT/date=YYYY-MM-DD/index.html               the night's page, linking every lecture's report
     OUT/date=YYYY-MM-DD/failures.json            the latest run's failed lectures, with their errors
@@ -38,10 +39,10 @@ time. Valence and arousal means are null for models without them. Engagement (op
 - EmotiEffLib's pretrained head (`engagement_single_attention`, or a path to its h5 file; engagement.py)
   scores windows of 128 consecutive face frames of one track, every frame, from enet_b0 features (1280-d):
   a track needs 128 face frames (at --fps 1, over two minutes of its face found in every sampled frame).
-  Shorter tracks are not scored; their track row says why. Timeline value: P(Engaged).
+  Shorter tracks are not scored; their track row says why. Timeline `score`: P(Engaged).
 - A model directory from `emotibatch fit` scores windows of `engagement_window_s` seconds of each track
-  with its recipe: a regression model (engagewild) gives its score, a classifier with numeric levels
-  (daisee) the expected level under its probabilities.
+  with its recipe, as `emotibatch predict --windows S --per-track` does: `score` is a regression model's
+  (engagewild) score, or a classifier's (daisee) expected level under its probabilities.
 
 A lecture's engagement is the mean over its timeline windows (all tracks): longer tracks weigh more.
 """
@@ -179,8 +180,8 @@ class PretrainedEngagement:
             rows["window_start_s"] += times[starts].tolist()
             rows["window_end_s"] += times[starts + DEFAULT_WINDOW - 1].tolist()
             rows["n_frames"] += [DEFAULT_WINDOW] * len(starts)
-            rows["engagement"] += scores[:, ENGAGEMENT_CLASSES.index("Engaged")].tolist()
-            rows["label"] += [ENGAGEMENT_CLASSES[i] for i in scores.argmax(axis=1)]
+            rows["prediction"] += [ENGAGEMENT_CLASSES[i] for i in scores.argmax(axis=1)]
+            rows["score"] += scores[:, ENGAGEMENT_CLASSES.index("Engaged")].tolist()
         return pa.table(rows, schema=schema.NIGHTLY_TIMELINE), notes
 
 
@@ -224,8 +225,8 @@ class FittedEngagement:
                 "window_start_s": descriptors["window_start_s"],
                 "window_end_s": descriptors["window_end_s"],
                 "n_frames": descriptors["n_frames"],
-                "engagement": pa.array(np.asarray(value, np.float64)),
-                "label": pc.cast(predicted["prediction"], pa.string()),
+                "prediction": pc.cast(predicted["prediction"], pa.string()),
+                "score": pa.array(np.asarray(value, np.float64)),
             }
         )
         return table.cast(schema.NIGHTLY_TIMELINE), {}
@@ -313,13 +314,13 @@ def summarize_lecture(
     timeline, notes = engagement.timelines(video_id, faces, video["duration_s"]) if engagement else (None, {})
     per_track = {}
     if timeline is not None and len(timeline):
-        values = timeline.group_by("track_id").aggregate([("engagement", "mean"), ("engagement", "count")])
+        values = timeline.group_by("track_id").aggregate([("score", "mean"), ("score", "count")])
         per_track = {
             t: (m, n)
             for t, m, n in zip(
                 values["track_id"].to_pylist(),
-                values["engagement_mean"].to_pylist(),
-                values["engagement_count"].to_pylist(),
+                values["score_mean"].to_pylist(),
+                values["score_count"].to_pylist(),
             )
         }
     tracks = []
@@ -357,7 +358,7 @@ def summarize_lecture(
         "valence_mean": _mean(faces["valence"], everything) if len(faces) else None,
         "arousal_mean": _mean(faces["arousal"], everything) if len(faces) else None,
         "engagement_model": engagement.name if engagement else None,
-        "engagement_mean": pc.mean(timeline["engagement"]).as_py() if timeline is not None else None,
+        "engagement_mean": pc.mean(timeline["score"]).as_py() if timeline is not None else None,
         "engagement_tracks_scored": len(per_track) if engagement else None,
         "engagement_tracks_unscored": len(tracks) - len(per_track) if engagement else None,
     }

@@ -76,9 +76,9 @@ MAX_POINTS = 1000  # bins per plotted series: an SVG stays small however long th
 MAX_TRACKS = 50  # lanes and track rows per video: the tracks with the most faces
 THUMBNAIL_PX = 64
 REPORT_META = "emotibatch-report"  # <meta name=...> holding the report's summary as JSON, read by the index
-# An engagement row's value: the first of these columns the table has (our name, EmotiEffLib's engagement
-# head's class, the score of an `emotibatch predict` regression such as engagewild).
-ENGAGEMENT_COLUMNS = ("engagement", "prob_Engaged", "score")
+# An engagement row's value: the first of these columns the table has (P(Engaged) of a classifier with
+# that class; the `score` of an `emotibatch predict` regression such as engagewild, or of the nightly job).
+ENGAGEMENT_COLUMNS = ("prob_Engaged", "score")
 FACE_COLUMNS = ["frame_index", "timestamp_s", "track_id", "emotion", "emotion_probs", "valence", "arousal"]
 THUMBNAIL_COLUMNS = ["bbox", "det_score"]
 _TICK_STEPS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200)

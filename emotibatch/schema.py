@@ -183,8 +183,10 @@ NIGHTLY_TIMELINE = pa.schema(
         pa.field("window_start_s", pa.float64(), nullable=False),
         pa.field("window_end_s", pa.float64(), nullable=False),  # pretrained head: its last frame's time
         pa.field("n_frames", pa.int64(), nullable=False),
-        pa.field("engagement", pa.float64()),  # P(Engaged), a regression score or an expected level
-        pa.field("label", pa.string()),
+        # As `emotibatch predict` writes them: the label or level, and the value the summaries average:
+        # P(Engaged) (pretrained head), the regression score, or the expected level (classifier of levels).
+        pa.field("prediction", pa.string()),
+        pa.field("score", pa.float64()),
     ]
 )
 

@@ -48,7 +48,8 @@ def test_pretrained_head_scores_long_tracks_and_says_why_not_short_ones(tmp_path
     track0 = faces.filter(pc.equal(faces["track_id"], 0))
     want = head.predict(schema.as_matrix(track0["features"]))[:, 1]
     assert timeline["track_id"].to_pylist() == [0, 0, 0]  # windows at frames 0, 1, 2
-    np.testing.assert_allclose(timeline["engagement"].to_numpy(), want, rtol=1e-6)
+    np.testing.assert_allclose(timeline["score"].to_numpy(), want, rtol=1e-6)
+    assert timeline["prediction"].to_pylist() == [("Distracted", "Engaged")[int(p >= 0.5)] for p in want]
     assert timeline["window_start_s"].to_pylist() == pytest.approx([0.0, 0.1, 0.2])
     assert timeline["window_end_s"].to_pylist() == pytest.approx([12.7, 12.8, 12.9])
     t = tracks.to_pylist()
@@ -87,7 +88,8 @@ def test_fitted_model_timelines_equal_predict(tmp_path: Path) -> None:
         timeline.select(["track_id", "window_start_s"]).to_pylist()
         == predicted.select(["track_id", "window_start_s"]).to_pylist()
     )
-    np.testing.assert_allclose(timeline["engagement"].to_numpy(), predicted["score"].to_numpy())
+    np.testing.assert_allclose(timeline["score"].to_numpy(), predicted["score"].to_numpy())
+    assert timeline["prediction"].to_pylist() == [str(p) for p in predicted["prediction"].to_pylist()]
     assert tracks["engagement_windows"].to_pylist() == [2, 2]
 
 

@@ -172,7 +172,7 @@ def test_engagement_and_predictions(synthetic: Path, tmp_path: Path) -> None:
             "track_id": [0, 0, 0, 1, 1, 1],
             "window_start_s": np.r_[starts, starts],
             "window_end_s": np.r_[starts, starts] + 10,
-            "engagement": [0.2, 0.4, 0.6, 0.4, 0.6, 0.8],
+            "score": [0.2, 0.4, 0.6, 0.4, 0.6, 0.8],
         }
     )
     predictions = pa.table(
@@ -210,9 +210,7 @@ def test_engagement_and_predictions(synthetic: Path, tmp_path: Path) -> None:
     assert clip[1:] == [["#0", "Positive", "0.700"], ["#1", "Neutral", "0.200"]]
     assert page.sections["v2"].says("no faces")  # the empty room's null prediction
     with pytest.raises(ValueError, match="engagement table needs one of the columns"):
-        report.write_report(
-            str(synthetic), str(tmp_path / "x.html"), engagement=engagement.drop(["engagement"])
-        )
+        report.write_report(str(synthetic), str(tmp_path / "x.html"), engagement=engagement.drop(["score"]))
 
 
 def test_report_and_index_on_a_bucket() -> None:
