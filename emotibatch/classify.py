@@ -4,10 +4,11 @@ Tasks (REFERENCE §3) and their default estimators: `afew` LinearSVC (C=1.1) on 
 `vgaf` SVC-RBF, its probabilities calibrated (scikit-learn 1.9 replaces `SVC(probability=True)` with that;
 its label is the most probable class); `engagewild` ridge regression; `daisee` and `generic` logistic
 regression. `estimator` picks another of the task's kind (`ESTIMATORS`: SVR for EngageWild, say).
-A model directory holds the estimator in
-skops format (never pickle: loading checks that it holds scikit-learn and numpy types only), a model card
-naming the emotion model and recipe behind its training descriptors, metrics and a plot. Predicting on
-descriptors of another emotion model or recipe is refused: their numbers mean something else.
+
+A model directory holds the estimator in skops format (never pickle: loading checks that it holds
+scikit-learn and numpy types only), a model card naming the emotion model and recipe behind its training
+descriptors, metrics and a plot. Predicting on descriptors of another emotion model or recipe is refused:
+their numbers mean something else.
 """
 
 from __future__ import annotations
