@@ -271,11 +271,34 @@ def _plan(features: str, recipe: Recipe, storage_options: dict | None) -> _Plan:
 def emotion_model(faces_meta: Mapping[str, Any], feature_dim: int) -> dict[str, Any]:
     """The emotion model behind a faces table, as models trained on its descriptors record it.
 
-    `name` is the model's file stem, so a registry name and a path to the same file agree.
+    `name` is the model's file stem, so a registry name and a path to the same file agree; `sha256` is
+    its file's, where the extract recorded it.
     """
     model = str(faces_meta.get("model") or "unknown")
     name = PurePosixPath(model.rstrip("/")).name.removesuffix(".onnx")
-    return {"name": name, "model": model, "classes": faces_meta.get("classes"), "feature_dim": feature_dim}
+    return {
+        "name": name,
+        "model": model,
+        "sha256": faces_meta.get("model_sha256"),
+        "classes": faces_meta.get("classes"),
+        "feature_dim": feature_dim,
+    }
+
+
+def emotion_model_mismatch(want: Mapping[str, Any], got: Mapping[str, Any]) -> str | None:
+    """Why features of emotion model `got` cannot stand in for those of `want` (`emotion_model` dicts),
+    or None: another name or width, or the same name on another file (compared where both know it)."""
+    if (got.get("name"), got.get("feature_dim")) != (want.get("name"), want.get("feature_dim")):
+        return (
+            f"emotion model {got.get('name')!r} ({got.get('feature_dim')}-d), not {want.get('name')!r} "
+            f"({want.get('feature_dim')}-d)"
+        )
+    if want.get("sha256") and got.get("sha256") and want["sha256"] != got["sha256"]:
+        return (
+            f"emotion model {got.get('name')!r} from another file (sha256 {got['sha256'][:12]}..., "
+            f"not {want['sha256'][:12]}...)"
+        )
+    return None
 
 
 def _describe_items(batch: pa.Table, source: Output, recipe: Recipe, width: int) -> Iterator[pa.Table]:

@@ -45,6 +45,7 @@ from emotibatch.aggregate import (
     Recipe,
     RecipeName,
     aggregate,
+    emotion_model_mismatch,
     is_extract_output,
     load_descriptors,
     read_descriptors,
@@ -131,10 +132,9 @@ def _labelled(descriptors: pa.Table, labels: LabelSet) -> _Labelled:
     )
 
 
-def _provenance(meta: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
-    """What descriptors must share to be compared: (emotion model name, feature width), recipe identity."""
-    model, recipe = meta.get("emotion_model") or {}, meta.get("recipe") or {}
-    return (model.get("name"), model.get("feature_dim")), {k: recipe.get(k) for k in RECIPE_IDENTITY}
+def _recipe_identity(meta: dict[str, Any]) -> dict[str, Any]:
+    """The recipe settings descriptors must share to be compared (of their metadata or a model card)."""
+    return {k: (meta.get("recipe") or {}).get(k) for k in RECIPE_IDENTITY}
 
 
 def _metrics(kind: str, y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
@@ -243,11 +243,16 @@ class ClipModel(BaseEstimator):
         if val is not None:
             if val_descriptors is None:
                 val_descriptors = descriptors
-            theirs, ours = _provenance(schema.read_metadata(val_descriptors.schema)), _provenance(meta)
-            if theirs != ours:
+            val_meta = schema.read_metadata(val_descriptors.schema)
+            problem = emotion_model_mismatch(
+                meta.get("emotion_model") or {}, val_meta.get("emotion_model") or {}
+            )
+            if problem is None and _recipe_identity(val_meta) != _recipe_identity(meta):
+                problem = f"recipe {_recipe_identity(val_meta)}, not {_recipe_identity(meta)}"
+            if problem:
                 raise ValueError(
-                    f"the validation features (model, recipe) {theirs} differ from the training features "
-                    f"{ours}: extract and aggregate both alike"
+                    f"the validation features do not match the training features: they come from {problem}; "
+                    "extract and aggregate both alike"
                 )
             held = _labelled(val_descriptors, val)
             self.val_join_ = held.report
@@ -305,14 +310,14 @@ class ClipModel(BaseEstimator):
     def _check_descriptors(self, descriptors: pa.Table) -> None:
         """Refuse descriptors made from another emotion model or with another recipe than the training ones."""
         check_is_fitted(self, "estimator_")
-        (got_name, got_dim), got_recipe = _provenance(schema.read_metadata(descriptors.schema))
-        (want_name, want_dim), want_recipe = _provenance(self.card_)
-        if (got_name, got_dim) != (want_name, want_dim):
+        meta = schema.read_metadata(descriptors.schema)
+        problem = emotion_model_mismatch(self.card_["emotion_model"], meta.get("emotion_model") or {})
+        if problem:
             raise ValueError(
-                f"these features come from emotion model {got_name!r} ({got_dim}-d), but this {self.task} "
-                f"model was trained on features of {want_name!r} ({want_dim}-d): extract with --model "
-                f"{self.card_['emotion_model']['model']} to use it"
+                f"these features come from {problem}, which this {self.task} model was trained on: "
+                f"extract with --model {self.card_['emotion_model']['model']} to use it"
             )
+        got_recipe, want_recipe = _recipe_identity(meta), _recipe_identity(self.card_)
         if got_recipe != want_recipe:
             raise ValueError(
                 f"these descriptors were made with recipe {got_recipe}, but this {self.task} model was trained "

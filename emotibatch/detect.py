@@ -205,7 +205,7 @@ class FaceDetector:
             )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        card, proto = registry.load_onnx(
+        card, proto, _ = registry.load_onnx(
             str(model), "detector", cache_dir=cache_dir, model_dir=model_dir, storage_options=storage_options
         )
         source = redact_uri(str(model))

@@ -146,13 +146,20 @@ class EmotionModel:
     """An EmotiEffLib emotion model on onnxruntime. Make one with `EmotionModel.load`."""
 
     def __init__(
-        self, runner: Runner, settings: EmotionSettings, weight: np.ndarray, bias: np.ndarray, batch_size: int
+        self,
+        runner: Runner,
+        settings: EmotionSettings,
+        weight: np.ndarray,
+        bias: np.ndarray,
+        batch_size: int,
+        sha256: str,
     ) -> None:
         self.runner = runner
         self.settings = settings
         self.weight = weight
         self.bias = bias
         self.batch_size = batch_size
+        self.sha256 = sha256  # of the model file: recorded with the features it makes
 
     @classmethod
     def load(
@@ -173,7 +180,7 @@ class EmotionModel:
             raise TypeError(f"unknown settings {sorted(unknown)}; use input_size, mean, std or classes")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        card, graph = registry.load_onnx(
+        card, graph, sha256 = registry.load_onnx(
             str(model), "emotion", cache_dir=cache_dir, model_dir=model_dir, storage_options=storage_options
         )
         name = card.name if card else Path(str(model)).stem
@@ -181,7 +188,7 @@ class EmotionModel:
         settings = infer_settings(graph, weight, name, card, overrides)
         lut = normalisation_lut(settings.mean, settings.std)
         runner = make_runner(with_uint8_input(graph, lut), device=device, num_threads=num_threads, name=name)
-        return cls(runner, settings, weight, bias, batch_size)
+        return cls(runner, settings, weight, bias, batch_size, sha256)
 
     @property
     def classes(self) -> tuple[str, ...]:

@@ -68,7 +68,7 @@ import pyarrow.parquet as pq
 import ray
 
 from emotibatch import pipeline, registry, report, schema
-from emotibatch.aggregate import Recipe, describe_video, emotion_model
+from emotibatch.aggregate import Recipe, describe_video, emotion_model, emotion_model_mismatch
 from emotibatch.classify import CARD_FILE, ClipModel
 from emotibatch.config import ExtractConfig
 from emotibatch.decode import Sampling
@@ -238,18 +238,19 @@ Engagement = PretrainedEngagement | FittedEngagement
 def load_engagement(model: str, extract: ExtractConfig, window_s: float = 60.0) -> Engagement:
     """The engagement model `model` (an `emotibatch fit` directory, a registry name, a path or a URI),
     refused here when it cannot use the features `extract`'s emotion model gives."""
-    settings = EmotionModel.load(
+    emotion = EmotionModel.load(
         extract.model, device="cpu", model_dir=extract.model_dir, storage_options=extract.storage_options
-    ).settings
+    )
+    settings = emotion.settings
     if (Path(model) / CARD_FILE).is_file():
         fitted = ClipModel.load(model)
         card = fitted.card_
-        want = card["emotion_model"]
-        got = emotion_model({"model": extract.public()["model"]}, settings.feature_dim)
-        if (got["name"], got["feature_dim"]) != (want["name"], want["feature_dim"]):
+        got = {"model": extract.public()["model"], "model_sha256": emotion.sha256}
+        problem = emotion_model_mismatch(card["emotion_model"], emotion_model(got, settings.feature_dim))
+        if problem:
             raise ValueError(
-                f"{model} was trained on features of emotion model {want['name']!r} ({want['feature_dim']}-d), "
-                f"but lectures are extracted with {got['name']!r} ({got['feature_dim']}-d): use --model {want['model']}"
+                f"{model} was not trained on the features lectures are extracted with: they come from "
+                f"{problem}; use --model {card['emotion_model']['model']}"
             )
         classes = [str(c) for c in getattr(fitted.estimator_, "classes_", [])]
         if card["kind"] != "regression" and not (

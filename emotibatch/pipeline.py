@@ -428,7 +428,8 @@ def prepare(config: ExtractConfig) -> Plan:
     started = datetime.now(timezone.utc)
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     common = dict(device="cpu", model_dir=config.model_dir, storage_options=config.storage_options)
-    settings = EmotionModel.load(config.model, **common).settings
+    model = EmotionModel.load(config.model, **common)
+    settings = model.settings
     if not config.faces_cropped:
         FaceDetector.load(config.detector, input_size=config.det_size, **common)
     public = config.public()
@@ -437,6 +438,7 @@ def prepare(config: ExtractConfig) -> Plan:
         "run_id": run_id,
         "classes": list(settings.classes),
         "model": public["model"],
+        "model_sha256": model.sha256,
         "detector": None if config.faces_cropped else public["detector"],
         "settings": public,
     }

@@ -280,7 +280,7 @@ def git_blob_sha1(path: str | os.PathLike[str]) -> str:
     return _hash_file(path, digest)
 
 
-def _sha256(path: str | os.PathLike[str]) -> str:
+def file_sha256(path: str | os.PathLike[str]) -> str:
     return _hash_file(path, hashlib.sha256())
 
 
@@ -291,7 +291,7 @@ def _hash_file(path: str | os.PathLike[str], digest: hashlib._Hash) -> str:
     return digest.hexdigest()
 
 
-_DIGESTS: dict[str, Callable[[Path], str]] = {"git blob SHA-1": git_blob_sha1, "sha256": _sha256}
+_DIGESTS: dict[str, Callable[[Path], str]] = {"git blob SHA-1": git_blob_sha1, "sha256": file_sha256}
 
 
 def _mismatch(path: Path, expected: tuple[str, str] | None) -> str | None:
@@ -478,7 +478,7 @@ def resolve_card(
             source_dir = model_dir or os.environ.get(MODEL_DIR_ENV)
             _fetch(card, target, expected, source_dir, storage_options or {})
         if expected is None:
-            sha256 = _sha256(target)
+            sha256 = file_sha256(target)
             _update_pin(cache, card.name, sha256)
             logger.warning(
                 "model %s has no published hash: trusted this first copy and pinned sha256 %s in %s; "
@@ -539,8 +539,9 @@ def load_onnx(
     cache_dir: str | None = None,
     model_dir: str | None = None,
     storage_options: dict | None = None,
-) -> tuple[ModelCard | None, onnx.ModelProto]:
-    """Resolve `model` (name, path or URI) and parse it: its card (None for a bare file) and its graph.
+) -> tuple[ModelCard | None, onnx.ModelProto, str]:
+    """Resolve `model` (name, path or URI) and parse it: its card (None for a bare file), its graph and
+    the sha256 of its file (what identifies the model behind features, whatever it is named).
 
     A registered model of another kind, or a file that is not ONNX, is a ValueError naming it.
     """
@@ -549,7 +550,7 @@ def load_onnx(
         raise ValueError(f"{model} is registered as a {card.kind} model, not a {kind} model")
     path = resolve(model, cache_dir=cache_dir, model_dir=model_dir, storage_options=storage_options)
     try:
-        return card, onnx.load(str(path))
+        return card, onnx.load(str(path)), file_sha256(path)
     except Exception as exc:
         raise ValueError(f"{redact_uri(model)}: not an ONNX model ({exc})") from exc
 

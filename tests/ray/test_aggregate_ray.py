@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from e2e import invoke
 
-from emotibatch import pipeline, schema
+from emotibatch import pipeline, registry, schema
 from emotibatch.aggregate import Recipe, aggregate, read_descriptors
 from emotibatch.decode import Sampling
 from emotibatch.samples import write_synthetic_extract
@@ -46,7 +46,9 @@ def test_ray_aggregation_of_a_real_extract_equals_the_in_process_one(
     assert schema.read_metadata(streamed.schema) == schema.read_metadata(local.schema)
     whole_clip = [r for r in streamed.to_pylist() if r["video_id"] == "noface"]
     assert whole_clip and all(not r["has_faces"] and r["descriptor"] is None for r in whole_clip)
-    assert schema.read_metadata(streamed.schema)["emotion_model"]["name"] == "enet_b0_8_best_vgaf"
+    model = schema.read_metadata(streamed.schema)["emotion_model"]
+    assert model["name"] == "enet_b0_8_best_vgaf"
+    assert model["sha256"] == registry.file_sha256(model["model"])  # recorded by the extract
 
 
 def test_ray_aggregation_in_memory_and_through_the_cli(real_extract: str, tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import skops.io
@@ -14,7 +15,7 @@ from click.testing import CliRunner
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from emotibatch import __version__, classify
+from emotibatch import __version__, classify, schema
 from emotibatch.aggregate import aggregate
 from emotibatch.classify import ClipModel
 from emotibatch.cli import cli
@@ -122,7 +123,7 @@ def test_a_validation_split_extracted_apart(corpus: dict[str, Path], tmp_path: P
     assert (model.card_["n_train"], model.card_["n_val"]) == (45, 15)
     assert model.metrics_["accuracy"] > 0.8, model.metrics_
     assert model.val_join_.videos_without_label == ()  # val_only holds the Val clips alone
-    with pytest.raises(ValueError, match=r"validation features .* differ from the training features"):
+    with pytest.raises(ValueError, match=r"validation features do not match .* 'enet_b2_8'"):
         classify.fit(
             str(corpus["train_only"]),
             str(corpus["afew_train"]),
@@ -240,13 +241,32 @@ def test_features_of_another_emotion_model_or_recipe_are_refused(
     afew_model: Path, corpus: dict[str, Path], tmp_path: Path
 ) -> None:
     with pytest.raises(
-        ValueError, match=r"emotion model 'enet_b2_8' .* trained on features of 'enet_b0_8_best_vgaf'"
+        ValueError,
+        match=r"emotion model 'enet_b2_8' .*, not 'enet_b0_8_best_vgaf' .* this afew model was trained on",
     ):
         classify.predict(str(corpus["other_model"]), afew_model, str(tmp_path / "p.parquet"), local=True)
     aggregate(str(corpus["extract"]), "vgaf", str(tmp_path / "vgaf"), local=True)
     with pytest.raises(ValueError, match=r"recipe \{'name': 'vgaf'.* trained on recipe \{'name': 'afew'"):
         classify.predict(str(tmp_path / "vgaf"), afew_model, str(tmp_path / "p.parquet"))
     assert not (tmp_path / "p.parquet").exists()
+
+
+def test_a_model_file_of_the_same_name_but_other_bytes_is_refused(
+    afew_model: Path, corpus: dict[str, Path]
+) -> None:
+    model = ClipModel.load(afew_model)
+    descriptors = aggregate(str(corpus["extract"]), "afew", local=True).table
+    meta = schema.read_metadata(descriptors.schema)
+
+    def with_sha(sha: str | None) -> pa.Table:
+        info = meta | {"emotion_model": meta["emotion_model"] | {"sha256": sha}}
+        return descriptors.cast(schema.with_metadata(descriptors.schema, info))
+
+    model.card_["emotion_model"]["sha256"] = "a" * 64
+    assert len(model.predict(with_sha("a" * 64))) == N_CLIPS + 1
+    assert len(model.predict(with_sha(None))) == N_CLIPS + 1  # not recorded: the name and width decide
+    with pytest.raises(ValueError, match=r"'enet_b0_8_best_vgaf' from another file \(sha256 bbbbbbbbbbbb"):
+        model.predict(with_sha("b" * 64))
 
 
 def test_a_skops_file_with_foreign_types_is_not_loaded(afew_model: Path, tmp_path: Path) -> None:
