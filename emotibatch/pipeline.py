@@ -449,7 +449,8 @@ def prepare(config: ExtractConfig) -> Plan:
         config.inputs, frame_folders=config.frame_folders, storage_options=config.storage_options
     )
     output = Output(config.output, config.storage_options)
-    output.check_settings(config.identity(), overwrite=config.overwrite)
+    # The model's file, not only its name: a replaced file would mix two models' features in one output.
+    output.check_settings(config.identity() | {"model_sha256": model.sha256}, overwrite=config.overwrite)
     return Plan(config, output, tuple(sources), faces_schema, frames_schema, run_id, started)
 
 
