@@ -180,7 +180,7 @@ class EmotionModel:
             raise TypeError(f"unknown settings {sorted(unknown)}; use input_size, mean, std or classes")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        card, graph, sha256 = registry.load_onnx(
+        card, graph, path = registry.load_onnx(
             str(model), "emotion", cache_dir=cache_dir, model_dir=model_dir, storage_options=storage_options
         )
         name = card.name if card else Path(str(model)).stem
@@ -188,7 +188,8 @@ class EmotionModel:
         settings = infer_settings(graph, weight, name, card, overrides)
         lut = normalisation_lut(settings.mean, settings.std)
         runner = make_runner(with_uint8_input(graph, lut), device=device, num_threads=num_threads, name=name)
-        return cls(runner, settings, weight, bias, batch_size, sha256)
+        # The file's digest identifies the model behind features, whatever it is named.
+        return cls(runner, settings, weight, bias, batch_size, registry.file_sha256(path))
 
     @property
     def classes(self) -> tuple[str, ...]:

@@ -539,9 +539,9 @@ def load_onnx(
     cache_dir: str | None = None,
     model_dir: str | None = None,
     storage_options: dict | None = None,
-) -> tuple[ModelCard | None, onnx.ModelProto, str]:
+) -> tuple[ModelCard | None, onnx.ModelProto, Path]:
     """Resolve `model` (name, path or URI) and parse it: its card (None for a bare file), its graph and
-    the sha256 of its file (what identifies the model behind features, whatever it is named).
+    its verified local file.
 
     A registered model of another kind, or a file that is not ONNX, is a ValueError naming it.
     """
@@ -550,7 +550,7 @@ def load_onnx(
         raise ValueError(f"{model} is registered as a {card.kind} model, not a {kind} model")
     path = resolve(model, cache_dir=cache_dir, model_dir=model_dir, storage_options=storage_options)
     try:
-        return card, onnx.load(str(path)), file_sha256(path)
+        return card, onnx.load(str(path)), path
     except Exception as exc:
         raise ValueError(f"{redact_uri(model)}: not an ONNX model ({exc})") from exc
 
