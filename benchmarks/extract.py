@@ -29,6 +29,7 @@ from typing import Any
 import decord
 import ray
 from harness import machine
+from models import make_models
 
 from emotibatch import pipeline, samples
 from emotibatch.config import ExtractConfig
@@ -36,7 +37,6 @@ from emotibatch.decode import Sampling
 from emotibatch.detect import FaceDetector
 from emotibatch.embed import EmotionModel
 from emotibatch.preprocess import crop_faces
-from models import make_models
 
 WIDTH, HEIGHT, FPS = 1280, 720, 25.0
 TARGET = 0.8

@@ -32,6 +32,7 @@ from harness import Case, Side, measure, table, write
 from onnx import helper, numpy_helper
 
 from emotibatch import standins
+from emotibatch.detect import DEFAULT_BATCH_SIZES
 
 # EmotiEffLib's file name: its name rules give input 224 and ImageNet mean/std, as for the real model.
 EMOTION_MODEL = "enet_b0_8_best_vgaf.onnx"
@@ -331,9 +332,7 @@ def frames_to_detect(n: int) -> tuple[list[np.ndarray], int]:
 # ---- cases ----------------------------------------------------------------------------------------------
 
 
-def cases(
-    models: dict[str, Path], device: str, threads: int, batch: int, frames: int, cost_frames: int
-) -> list[Case]:
+def cases(models: dict[str, Path], device: str, threads: int, batch: int, frames: int) -> list[Case]:
     common = {"device": device, "threads": threads, "cv2_threads": threads}
     emotion = {"path": str(models["emotion"]), "device": device, "threads": threads, "batch": batch}
     result = [
@@ -370,11 +369,8 @@ def cases(
             },
         )
     )
-    for key, label, n in (
-        ("scrfd", "detect_standin", frames),
-        ("scrfd_cost", "detect_det10g_cost", cost_frames),
-    ):
-        kwargs = {"path": str(models[key]), "device": device, "threads": threads, "batch": n}
+    for key, label in (("scrfd", "detect_standin"), ("scrfd_cost", "detect_det10g_cost")):
+        kwargs = {"path": str(models[key]), "device": device, "threads": threads, "batch": frames}
         cost = gmacs(models[key], DET_INPUT)
         result.append(
             Case(
@@ -388,7 +384,7 @@ def cases(
                     "model": f"{models[key].name} (SCRFD stand-in{', padded to det_10g cost' if key == 'scrfd_cost' else ''})",
                     "gmacs_per_frame": round(cost, 4),
                     "cost_vs_det_10g": round(cost / DET_10G_GMACS_640, 4),
-                    "frames_per_call": n,
+                    "frames_per_call": frames,
                     "frame": f"{FRAME_SHAPE[1]}x{FRAME_SHAPE[0]} RGB, {FACES_PER_FRAME} stand-in faces",
                     "input_size": list(DET_INPUT),
                     "bare": "insightface SCRFD(model_file, session=...).detect(bgr, input_size) per frame",
@@ -412,13 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--batch", type=int, help="faces per predict call (default 64 on cpu, 256 on cuda)")
     parser.add_argument(
-        "--frames", type=int, default=16, help="frames per detect call (FaceDetector's default)"
-    )
-    parser.add_argument(
-        "--cost-frames",
-        type=int,
-        default=8,
-        help="frames per detect call at det_10g cost (fewer: shorter runs)",
+        "--frames", type=int, help="frames per detect call (default FaceDetector's: 4 on cpu, 16 on cuda)"
     )
     parser.add_argument("--seconds", type=float, default=1.0, help="least length of each timed run")
     parser.add_argument("--repeats", type=int, default=9, help="timed runs per side, alternating")
@@ -426,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="write the results here as JSON")
     args = parser.parse_args(argv)
     batch = args.batch or (256 if args.device == "cuda" else 64)
+    frames = args.frames or DEFAULT_BATCH_SIZES[args.device]
     if args.device == "cuda":
         import onnxruntime as ort
 
@@ -434,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         models = make_models(Path(tmp))
-        for case in cases(models, args.device, args.threads, batch, args.frames, args.cost_frames):
+        for case in cases(models, args.device, args.threads, batch, frames):
             if args.cases and not any(c in case.name for c in args.cases):
                 continue
             print(f"running {case.name} ...", file=sys.stderr, flush=True)

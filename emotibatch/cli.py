@@ -162,6 +162,12 @@ def _sampling(fps: float | None, every: int | None, all_frames: bool) -> Samplin
 @click.option("--decode-cpus", type=float, default=1.0, show_default=True, help="CPUs per decode task.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Faces per emotion-model batch.")
 @click.option(
+    "--detect-batch-size",
+    type=int,
+    help="Frames per face-detector call (default 16 on a GPU, 4 on the CPU, where each frame of a call "
+    "holds 40-60 MiB).",
+)
+@click.option(
     "--features-dtype",
     type=click.Choice(["float32", "float16", "none"]),
     default="float32",

@@ -35,6 +35,7 @@ EXTRACT_OPTIONS = (
     "cpus_per_worker",
     "decode_cpus",
     "batch_size",
+    "detect_batch_size",
     "features_dtype",
     "storage_options",
 )

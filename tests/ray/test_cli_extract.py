@@ -178,6 +178,7 @@ def no_job(monkeypatch):
         (["--segment-seconds", "0"], "--segment-seconds must be > 0"),
         (["--faces-cropped"], "--faces-cropped applies to --frame-folders inputs only"),
         (["--storage-options", "[1]"], "must be a JSON object"),
+        (["--detect-batch-size", "0"], "--batch-size and --detect-batch-size must be >= 1"),
     ],
 )
 def test_bad_options_exit_2_before_any_work(no_job, videos, model_args, tmp_path, options, message):
@@ -219,6 +220,7 @@ def test_help_documents_exit_codes_and_options():
         "--features-dtype [float32|float16|none]",
         "--overwrite",
         "--device",
+        "--detect-batch-size",
     ):
         assert option in text, option
 

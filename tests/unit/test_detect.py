@@ -101,16 +101,17 @@ def reference_frames() -> list[np.ndarray]:
 
 
 @pytest.mark.parametrize(
-    ("fixture", "fill_threads"), [("scrfd_path", 0), ("scrfd_batched_path", 0), ("scrfd_path", 3)]
+    ("fixture", "path_of"), [("scrfd_path", "cpu"), ("scrfd_batched_path", "cpu"), ("scrfd_path", "cuda")]
 )
-def test_equals_insightface_scrfd(request: pytest.FixtureRequest, fixture: str, fill_threads: int) -> None:
+def test_equals_insightface_scrfd(request: pytest.FixtureRequest, fixture: str, path_of: str) -> None:
     scrfd = pytest.importorskip("insightface.model_zoo.scrfd")
     path = str(request.getfixturevalue(fixture))
     ref = scrfd.SCRFD(path)
     ref.prepare(-1)
     ours = FaceDetector.load(path, device="cpu", batch_size=4)
     assert ours.batch_size == 4, "the graph should have been made batched"
-    ours.runner = dataclasses.replace(ours.runner, fill_threads=fill_threads)  # 3: as on CUDA
+    if path_of == "cuda":  # the CUDA code path on a CPU session: IO binding, batches filled on 3 threads
+        ours.runner = dataclasses.replace(ours.runner, device="cuda", fill_threads=3)
     frames = reference_frames()
     found = ours.detect(frames)
     total = 0
@@ -122,6 +123,22 @@ def test_equals_insightface_scrfd(request: pytest.FixtureRequest, fixture: str, 
         np.testing.assert_allclose(got.scores, det[:, 4], atol=1e-4, rtol=0)
         np.testing.assert_allclose(got.kps, kps.reshape(-1, 5, 2), atol=0.5, rtol=0)
     assert total >= 10, "the frames should hold faces, or equality proves little"
+
+
+def test_frames_per_call_default_to_the_device(scrfd_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert FaceDetector.load(str(scrfd_path), device="cpu").batch_size == 4
+    assert FaceDetector.load(str(scrfd_path), device="cpu", batch_size=7).batch_size == 7
+
+    make_runner = detect.make_runner
+
+    def cuda_runner(*args, **kwargs) -> detect.Runner:  # a CPU session run down the CUDA code path
+        return dataclasses.replace(make_runner(*args, **kwargs), device="cuda", fill_threads=2)
+
+    monkeypatch.setattr(detect, "make_runner", cuda_runner)
+    detector = FaceDetector.load(str(scrfd_path), device="cpu")
+    assert detector.batch_size == 16
+    found = detector.detect([frame_with_faces((480, 640), [(320, 256, 64)])] * 20)
+    assert [len(f) for f in found] == [1] * 20
 
 
 def test_a_batched_graph_that_disagrees_falls_back_to_per_frame(
