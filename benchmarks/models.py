@@ -256,7 +256,7 @@ def fill_ours(threads: int, batch: int) -> tuple[Any, dict]:
     crops = face_crops(4 * batch)
 
     def step() -> int:
-        for _ in runner.batches(crops, batch, (INPUT_SIZE, INPUT_SIZE, 3), resize_crop):
+        for _ in runner.batches(crops, batch, (INPUT_SIZE, INPUT_SIZE), resize_crop):
             pass
         return len(crops)
 

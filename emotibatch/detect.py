@@ -23,7 +23,7 @@ from onnx import numpy_helper
 from emotibatch import registry
 from emotibatch.preprocess import SCRFD_LUT, check_images, letterbox
 from emotibatch.redact import redact_uri
-from emotibatch.runtime import PIXELS, Device, Runner, make_runner, with_uint8_input
+from emotibatch.runtime import Device, Runner, make_runner
 
 log = logging.getLogger(__name__)
 
@@ -228,9 +228,7 @@ class FaceDetector:
 
         def runner_for(g: onnx.ModelProto, batch: int | str) -> Runner:
             _set_input_shape(g, batch, size)
-            return make_runner(
-                with_uint8_input(g, SCRFD_LUT), device=device, num_threads=num_threads, name=name
-            )
+            return make_runner(g, SCRFD_LUT, device=device, num_threads=num_threads, name=name)
 
         kwargs = dict(name=name, input_size=size, det_thresh=det_thresh, nms_thresh=nms_thresh)
         per_frame = cls(runner_for(proto, 1), batch_size=1, **kwargs)
@@ -248,18 +246,27 @@ class FaceDetector:
         log.warning("%s: the batched graph disagrees with per-frame runs; running one frame per call", source)
         return per_frame
 
-    def _forward(self, canvases: np.ndarray) -> list[np.ndarray]:
+    def _forward(self, batch: np.ndarray) -> list[np.ndarray]:
         """Head outputs as [N, anchors, k] arrays, in the model's output order."""
-        outputs = self.runner.run({PIXELS: canvases})
-        return [o if o.ndim == 3 else o[np.newaxis] for o in outputs]
+        return [o if o.ndim == 3 else o[np.newaxis] for o in self.runner.run(batch)]
+
+    def _forward_canvases(self, canvases: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Head outputs for letterboxed uint8 canvases, in one call."""
+        width, height = self.input_size
+
+        def copy(canvas: np.ndarray, out: np.ndarray) -> None:
+            out[...] = canvas
+
+        _, batch, _ = next(self.runner.batches(canvases, len(canvases), (height, width), copy))
+        return self._forward(batch)
 
     def _agrees_with(self, per_frame: FaceDetector) -> bool:
         rng = np.random.default_rng(0)
         width, height = self.input_size
-        canvases = rng.integers(0, 256, (3, height, width, 3), dtype=np.uint8)
-        batched = self._forward(canvases)
+        canvases = list(rng.integers(0, 256, (3, height, width, 3), dtype=np.uint8))
+        batched = self._forward_canvases(canvases)
         for n in range(len(canvases)):
-            single = per_frame._forward(canvases[n : n + 1])
+            single = per_frame._forward_canvases(canvases[n : n + 1])
             for b, s in zip(batched, single):
                 if b[n].shape != s[0].shape or not np.allclose(
                     b[n], s[0], rtol=_CHECK_TOLERANCE, atol=_CHECK_TOLERANCE
@@ -276,8 +283,8 @@ class FaceDetector:
             return letterbox(frame, self.input_size, canvas)
 
         results: list[Detections] = []
-        for _, canvases, scales in self.runner.batches(frames, self.batch_size, (height, width, 3), fill):
-            outputs = self._forward(canvases)
+        for _, batch, scales in self.runner.batches(frames, self.batch_size, (height, width), fill):
+            outputs = self._forward(batch)
             results += [self._decode([o[i] for o in outputs], scale) for i, scale in enumerate(scales)]
         return results
 

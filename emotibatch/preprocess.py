@@ -6,8 +6,8 @@
 - Emotion input: `cv2.resize(crop, (S, S))` (INTER_LINEAR, aspect not kept) of the uint8 RGB crop, then
   `(x / 255 - mean) / std` per channel. The reference computes that in float64 and casts to float32; since
   the input is uint8, the result is a per-channel function of the byte, so it is tabulated once
-  (`normalisation_lut`) in float64 and applied inside the model graph (see `runtime.with_uint8_input`):
-  bit-identical to the reference, and only uint8 pixels travel to the device.
+  (`normalisation_lut`) in float64 and looked up: bit-identical to the reference. Where the lookup runs
+  (on the host on the CPU, in the graph on CUDA, so that only uint8 pixels travel) is `runtime`'s choice.
 - Detector input (insightface SCRFD): keep the aspect ratio, resize to fit the input size, paste at the
   top-left of a zero canvas (`letterbox`), then `(x - 127.5) / 128` (exact in float32, same table mechanism).
 """

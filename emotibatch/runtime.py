@@ -6,9 +6,11 @@
   session is made: asking for "cuda" and getting the CPU is an error that says why; "auto" logs it.
 - Threads are sized to the CPU share the caller has (a Ray actor's `num_cpus`, else the process's
   CPU affinity), never to the whole node, so that many workers on one node do not oversubscribe it.
-- Models take uint8 NHWC pixels (`with_uint8_input`): normalisation is a table lookup inside the graph, so
-  it runs on the device on CUDA, and the upload is a quarter of a float32 one. On CUDA inputs and outputs
-  go through IO binding: one upload per batch.
+- Normalisation is a per-channel table of the byte (preprocess.normalisation_lut), applied where it is
+  cheapest. On the CPU the batch fill applies it (cv2.LUT of each resized image into a float32 NCHW
+  batch, 0.05 ms per 224x224 crop) and the graph runs as it is: in the graph the lookup cost more than
+  the resize. On CUDA it is a Gather inside the graph (`with_uint8_input`), so only uint8 pixels are
+  uploaded, a quarter of float32, through IO binding: one upload per batch.
 - On CUDA the host work that fills a batch (a cv2 resize per crop, a letterbox per frame) outweighs the
   model, so `Runner.batches` spreads it over the caller's CPU share and fills the next batch while the
   device runs this one (cv2 and onnxruntime both release the GIL). On the CPU the session already has
@@ -27,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -41,6 +44,7 @@ CUDA = "CUDAExecutionProvider"
 TENSORRT = "TensorrtExecutionProvider"
 PIXELS = "pixels"
 Item = TypeVar("Item")
+# fill(item, out) writes one item's uint8 RGB pixels into `out` [H, W, 3] and returns anything.
 Fill = Callable[[Item, np.ndarray], Any]
 
 
@@ -139,13 +143,16 @@ def _shape(dims) -> list:
 
 @dataclass
 class Runner:
-    """An onnxruntime session with its device, run with IO binding on CUDA.
+    """An onnxruntime session with its device and input format, run with IO binding on CUDA.
 
+    `lut` [3, 256] is the normalisation applied on the host while batches are filled, the graph taking
+    float32 NCHW; None when the graph takes uint8 NHWC pixels and normalises them itself.
     `fill_threads` > 0 fills batches on that many threads, one batch ahead (see `batches`).
     """
 
     session: ort.InferenceSession
     device: Literal["cpu", "cuda"]
+    lut: np.ndarray | None = None
     fill_threads: int = 0
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
 
@@ -157,41 +164,56 @@ class Runner:
     def providers(self) -> list[str]:
         return self.session.get_providers()
 
-    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def run(self, batch: np.ndarray) -> list[np.ndarray]:
+        """The graph's outputs for a batch made by `batches`."""
+        name = self.session.get_inputs()[0].name
         if self.device == "cpu":
-            return self.session.run(None, feed)
+            return self.session.run(None, {name: batch})
         binding = self.session.io_binding()
-        for name, value in feed.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        binding.bind_cpu_input(name, np.ascontiguousarray(batch))
         for out in self.session.get_outputs():
             binding.bind_output(out.name, "cpu")
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()
 
     def batches(
-        self, items: Sequence[Item], batch_size: int, shape: tuple[int, ...], fill: Fill
+        self, items: Sequence[Item], batch_size: int, size: tuple[int, int], fill: Fill
     ) -> Iterator[tuple[int, np.ndarray, list]]:
-        """Yield (start, uint8 [n, *shape] batch, fill's return values) for consecutive `items`.
+        """Yield (start, input batch, fill's return values) for consecutive `items` of `size` (H, W).
 
-        `fill(item, out)` writes one item into its slot of the batch. With fill threads the next batch
-        is being filled while the caller runs this one; at most two batches are held at once.
+        The batch is what `run` takes: uint8 [n, H, W, 3], or with a host `lut` float32 [n, 3, H, W].
+        With fill threads the next batch is being filled while the caller runs this one; at most two
+        batches are held at once.
         """
-        waiting = self._fill(items[:batch_size], shape, fill)
+        waiting = self._fill(items[:batch_size], size, fill)
         for start in range(0, len(items), batch_size):
             batch, results = waiting()
             following = start + batch_size
             if following < len(items):
-                waiting = self._fill(items[following : following + batch_size], shape, fill)
+                waiting = self._fill(items[following : following + batch_size], size, fill)
             yield start, batch, results
 
     def _fill(
-        self, items: Sequence[Item], shape: tuple[int, ...], fill: Fill
+        self, items: Sequence[Item], size: tuple[int, int], fill: Fill
     ) -> Callable[[], tuple[np.ndarray, list]]:
         """Start filling a batch of `items` on the fill threads; return a call that waits for it."""
-        batch = np.empty((len(items), *shape), np.uint8)
+        height, width = size
+        if self.lut is None:
+            batch = np.empty((len(items), height, width, 3), np.uint8)
+        else:
+            batch = np.empty((len(items), 3, height, width), np.float32)
+            planes = [np.ascontiguousarray(self.lut[c].reshape(256, 1)) for c in range(3)]
 
         def part(lo: int, hi: int) -> list:
-            return [fill(items[i], batch[i]) for i in range(lo, hi)]
+            if self.lut is None:
+                return [fill(items[i], batch[i]) for i in range(lo, hi)]
+            pixels = np.empty((height, width, 3), np.uint8)
+            results = []
+            for i in range(lo, hi):
+                results.append(fill(items[i], pixels))
+                for c, plane in enumerate(cv2.split(pixels)):
+                    cv2.LUT(plane, planes[c], dst=batch[i, c])
+            return results
 
         if self._pool is None:  # filled when waited for, not ahead
             return lambda: (batch, part(0, len(items)))
@@ -201,20 +223,28 @@ class Runner:
 
 
 def make_runner(
-    model: onnx.ModelProto, *, device: Device = "auto", num_threads: int | None = None, name: str = "model"
+    model: onnx.ModelProto,
+    lut: np.ndarray,
+    *,
+    device: Device = "auto",
+    num_threads: int | None = None,
+    name: str = "model",
 ) -> Runner:
-    """Make a session for `model` on `device` with threads sized to the caller's CPU share."""
+    """Make a session for `model` (float NCHW input, normalised by `lut` [3, 256]) on `device` with
+    threads sized to the caller's CPU share; where `lut` is applied follows the device (module docstring).
+    """
     providers = providers_for(device)
+    on_host = providers == [CPU]
     options = ort.SessionOptions()
     options.intra_op_num_threads = num_threads or cpu_share()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    session = ort.InferenceSession(model.SerializeToString(), sess_options=options, providers=providers)
+    graph = model if on_host else with_uint8_input(model, lut)
+    session = ort.InferenceSession(graph.SerializeToString(), sess_options=options, providers=providers)
     active = session.get_providers()
-    wanted_gpu = providers[0] != CPU
     on_gpu = active[0] in (CUDA, TENSORRT)
-    if wanted_gpu and not on_gpu:
+    if not on_host and not on_gpu:
         message = (
             f"{name}: asked for {providers[0]} but onnxruntime is running {active[0]}: the CUDA or cuDNN "
             "libraries could not be loaded (try `python -c 'import onnxruntime; onnxruntime.preload_dlls()'` "
@@ -226,4 +256,4 @@ def make_runner(
     log.info("%s: onnxruntime providers %s, %d threads", name, active, options.intra_op_num_threads)
     if on_gpu:
         return Runner(session, "cuda", fill_threads=options.intra_op_num_threads)
-    return Runner(session, "cpu")
+    return Runner(session, "cpu", lut=lut if on_host else None)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from emotibatch import standins
+from emotibatch import detect, embed, runtime, standins
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +42,23 @@ def scrfd_path(model_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def scrfd_batched_path(model_dir: Path) -> Path:
     return model_dir / "det_batched.onnx"
+
+
+@pytest.fixture
+def cuda_code_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Models loaded with device="auto" run as on CUDA, on this CPU: uint8 pixels normalised in the graph,
+    IO binding, batches filled on 3 threads a batch ahead (onnxruntime runs the CUDA-bound graph on its
+    CPU provider, as when CUDA fails to load)."""
+    monkeypatch.setattr(runtime, "providers_for", lambda device: [runtime.CUDA, runtime.CPU])
+    make_runner = runtime.make_runner
+
+    def as_on_cuda(*args, **kwargs) -> runtime.Runner:
+        runner = make_runner(*args, **kwargs)
+        assert runner.lut is None, "the graph should normalise its uint8 input, as on CUDA"
+        return dataclasses.replace(runner, device="cuda", fill_threads=3)
+
+    for module in (detect, embed):
+        monkeypatch.setattr(module, "make_runner", as_on_cuda)
 
 
 @pytest.fixture(scope="session")

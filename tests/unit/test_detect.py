@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
@@ -108,10 +107,11 @@ def test_equals_insightface_scrfd(request: pytest.FixtureRequest, fixture: str, 
     path = str(request.getfixturevalue(fixture))
     ref = scrfd.SCRFD(path)
     ref.prepare(-1)
-    ours = FaceDetector.load(path, device="cpu", batch_size=4)
+    if path_of == "cuda":
+        request.getfixturevalue("cuda_code_path")
+    ours = FaceDetector.load(path, device="auto" if path_of == "cuda" else "cpu", batch_size=4)
     assert ours.batch_size == 4, "the graph should have been made batched"
-    if path_of == "cuda":  # the CUDA code path on a CPU session: IO binding, batches filled on 3 threads
-        ours.runner = dataclasses.replace(ours.runner, device="cuda", fill_threads=3)
+    assert ours.runner.device == path_of
     frames = reference_frames()
     found = ours.detect(frames)
     total = 0
@@ -125,17 +125,11 @@ def test_equals_insightface_scrfd(request: pytest.FixtureRequest, fixture: str, 
     assert total >= 10, "the frames should hold faces, or equality proves little"
 
 
-def test_frames_per_call_default_to_the_device(scrfd_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_frames_per_call_default_to_the_device(request: pytest.FixtureRequest, scrfd_path: Path) -> None:
     assert FaceDetector.load(str(scrfd_path), device="cpu").batch_size == 4
     assert FaceDetector.load(str(scrfd_path), device="cpu", batch_size=7).batch_size == 7
-
-    make_runner = detect.make_runner
-
-    def cuda_runner(*args, **kwargs) -> detect.Runner:  # a CPU session run down the CUDA code path
-        return dataclasses.replace(make_runner(*args, **kwargs), device="cuda", fill_threads=2)
-
-    monkeypatch.setattr(detect, "make_runner", cuda_runner)
-    detector = FaceDetector.load(str(scrfd_path), device="cpu")
+    request.getfixturevalue("cuda_code_path")
+    detector = FaceDetector.load(str(scrfd_path), device="auto")
     assert detector.batch_size == 16
     found = detector.detect([frame_with_faces((480, 640), [(320, 256, 64)])] * 20)
     assert [len(f) for f in found] == [1] * 20

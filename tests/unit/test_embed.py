@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 from pathlib import Path
 
@@ -42,12 +41,13 @@ def reference(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
 
 @pytest.mark.parametrize("path_of", ["cpu", "cuda"], ids=["cpu-path", "cuda-path"])
 @pytest.mark.parametrize("name", ["enet_b0_8_best_vgaf", "enet_b0_8_va_mtl"])
-def test_equals_emotiefflib(reference, model_dir: Path, name: str, path_of: str) -> None:
+def test_equals_emotiefflib(request, reference, model_dir: Path, name: str, path_of: str) -> None:
     path = model_dir / f"{name}.onnx"
     ref = reference(name, path)
-    ours = EmotionModel.load(str(path), device="cpu", batch_size=16)
-    if path_of == "cuda":  # the CUDA code path on a CPU session: IO binding, batches filled on 3 threads
-        ours.runner = dataclasses.replace(ours.runner, device="cuda", fill_threads=3)
+    if path_of == "cuda":
+        request.getfixturevalue("cuda_code_path")
+    ours = EmotionModel.load(str(path), device="auto" if path_of == "cuda" else "cpu", batch_size=16)
+    assert ours.runner.device == path_of
     crops = diverse_crops(40)
     out = ours.predict(crops)
     ref_features = ref.extract_features(crops)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from pathlib import Path
 
@@ -14,9 +13,11 @@ import pytest
 from emotibatch import runtime
 from emotibatch.preprocess import normalisation_lut
 
+LUT = normalisation_lut((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
 
 def test_cpu_device_uses_the_cpu_provider_and_the_given_threads(emotion_path: Path) -> None:
-    runner = runtime.make_runner(onnx.load(str(emotion_path)), device="cpu", num_threads=1)
+    runner = runtime.make_runner(onnx.load(str(emotion_path)), LUT, device="cpu", num_threads=1)
     assert runner.providers == ["CPUExecutionProvider"] and runner.device == "cpu"
     assert runner.session.get_session_options().intra_op_num_threads == 1
 
@@ -24,7 +25,7 @@ def test_cpu_device_uses_the_cpu_provider_and_the_given_threads(emotion_path: Pa
 def test_threads_default_to_the_cpu_share(emotion_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: {0})
     assert runtime.cpu_share() == 1
-    runner = runtime.make_runner(onnx.load(str(emotion_path)), device="cpu")
+    runner = runtime.make_runner(onnx.load(str(emotion_path)), LUT, device="cpu")
     assert runner.session.get_session_options().intra_op_num_threads == 1
 
 
@@ -48,29 +49,39 @@ def test_a_silent_fallback_to_the_cpu_is_caught(
     )
     model = onnx.load(str(emotion_path))
     with pytest.raises(RuntimeError, match="asked for CUDAExecutionProvider but onnxruntime is running CPU"):
-        runtime.make_runner(model, device="cuda")
-    runner = runtime.make_runner(model, device="auto")
+        runtime.make_runner(model, LUT, device="cuda")
+    runner = runtime.make_runner(model, LUT, device="auto")
     assert runner.device == "cpu" and "running on the CPU" in caplog.text
+    assert runner.lut is None, "the CUDA-bound graph, normalising uint8 pixels itself, runs on the CPU"
 
 
-def test_uint8_input_prefix_is_exact(emotion_path: Path) -> None:
+def test_the_lookup_on_the_host_and_in_the_graph_are_exact(
+    emotion_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CPU applies the table while filling float32 NCHW batches; CUDA graphs gather it from uint8."""
     model = onnx.load(str(emotion_path))
-    lut = normalisation_lut((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    prefixed = runtime.make_runner(runtime.with_uint8_input(model, lut), device="cpu")
-    plain = runtime.make_runner(model, device="cpu")
-    pixels = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
-    normalised = np.stack([lut[c][pixels[..., c]] for c in range(3)], axis=1)
-    np.testing.assert_allclose(
-        prefixed.run({runtime.PIXELS: pixels})[0], plain.run({"input": normalised})[0], rtol=0, atol=1e-5
-    )
-    assert prefixed.session.get_inputs()[0].type == "tensor(uint8)"
+    host = runtime.make_runner(model, LUT, device="cpu", num_threads=1)
+    monkeypatch.setattr(runtime, "providers_for", lambda device: [runtime.CUDA, runtime.CPU])
+    in_graph = runtime.make_runner(model, LUT, device="auto", num_threads=1)  # CPU provider, as a fallback
+    plain = ort.InferenceSession(str(emotion_path), providers=["CPUExecutionProvider"])
+    images = list(np.random.default_rng(0).integers(0, 256, (3, 224, 224, 3), dtype=np.uint8))
+
+    def copy(image: np.ndarray, out: np.ndarray) -> None:
+        out[...] = image
+
+    ((_, on_host, _),) = host.batches(images, 3, (224, 224), copy)
+    ((_, pixels, _),) = in_graph.batches(images, 3, (224, 224), copy)
+    normalised = np.stack([LUT[c][np.stack(images)[..., c]] for c in range(3)], axis=1)
+    assert on_host.dtype == np.float32 and np.array_equal(on_host, normalised)
+    assert pixels.dtype == np.uint8 and in_graph.session.get_inputs()[0].type == "tensor(uint8)"
+    expected = plain.run(None, {"input": normalised})[0]
+    np.testing.assert_allclose(host.run(on_host)[0], expected, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(in_graph.run(pixels)[0], expected, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("threads", [0, 1, 3])
-def test_batches_are_filled_in_order_and_ahead_with_fill_threads(emotion_path: Path, threads: int) -> None:
-    runner = dataclasses.replace(
-        runtime.make_runner(onnx.load(str(emotion_path)), device="cpu", num_threads=1), fill_threads=threads
-    )
+def test_batches_are_filled_in_order_and_ahead_with_fill_threads(threads: int) -> None:
+    runner = runtime.Runner(session=None, device="cuda", fill_threads=threads)  # the filling alone
     third_batch_started = threading.Event()
 
     def fill(item: int, out: np.ndarray) -> int:
@@ -83,8 +94,8 @@ def test_batches_are_filled_in_order_and_ahead_with_fill_threads(emotion_path: P
     for start, batch, results in runner.batches(list(range(10)), 4, (2, 3), fill):
         if start == 4:  # the caller holds the second batch: the third is being filled only with threads
             assert third_batch_started.wait(5 if threads else 0) == bool(threads)
-        assert batch.dtype == np.uint8 and batch.shape[1:] == (2, 3)
-        seen.append((start, batch[:, 0, 0].tolist(), results))
+        assert batch.dtype == np.uint8 and batch.shape[1:] == (2, 3, 3)
+        seen.append((start, batch[:, 0, 0, 0].tolist(), results))
     assert seen == [
         (0, [0, 1, 2, 3], [0, 10, 20, 30]),
         (4, [4, 5, 6, 7], [40, 50, 60, 70]),
