@@ -49,7 +49,7 @@ class ExtractConfig:
     gpus_per_worker: float | None = None
     cpus_per_worker: float = 1.0
     decode_cpus: float = 1.0
-    batch_size: int = 64
+    batch_size: int | None = None  # EmotionModel's default for the device
     detect_batch_size: int | None = None  # FaceDetector's default for the device
     features_dtype: FeaturesDtype = "float32"
     frame_folders: bool = False
@@ -83,7 +83,7 @@ class ExtractConfig:
             problems.append(f"--gpus-per-worker must be in [0, 8], got {self.gpus_per_worker}")
         if self.cpus_per_worker <= 0 or self.decode_cpus <= 0:
             problems.append("--cpus-per-worker and --decode-cpus must be > 0")
-        if self.batch_size < 1 or (self.detect_batch_size is not None and self.detect_batch_size < 1):
+        if any(b is not None and b < 1 for b in (self.batch_size, self.detect_batch_size)):
             problems.append("--batch-size and --detect-batch-size must be >= 1")
         if self.features_dtype not in ("float32", "float16", "none"):
             problems.append(f"--features-dtype must be float32, float16 or none, got {self.features_dtype!r}")

@@ -39,6 +39,13 @@ def reference(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     return make
 
 
+def test_faces_per_call_default_to_the_device(request: pytest.FixtureRequest, emotion_path: Path) -> None:
+    assert EmotionModel.load(str(emotion_path), device="cpu").batch_size == 16
+    assert EmotionModel.load(str(emotion_path), device="cpu", batch_size=5).batch_size == 5
+    request.getfixturevalue("cuda_code_path")
+    assert EmotionModel.load(str(emotion_path), device="auto").batch_size == 64
+
+
 @pytest.mark.parametrize("path_of", ["cpu", "cuda"], ids=["cpu-path", "cuda-path"])
 @pytest.mark.parametrize("name", ["enet_b0_8_best_vgaf", "enet_b0_8_va_mtl"])
 def test_equals_emotiefflib(request, reference, model_dir: Path, name: str, path_of: str) -> None:
