@@ -155,8 +155,11 @@ class Runner:
     lut: np.ndarray | None = None
     fill_threads: int = 0
     _pool: ThreadPoolExecutor | None = field(default=None, init=False, repr=False)
+    _planes: list[np.ndarray] = field(default_factory=list, init=False, repr=False)  # cv2.LUT's tables
 
     def __post_init__(self) -> None:
+        if self.lut is not None:
+            self._planes = [np.ascontiguousarray(self.lut[c].reshape(256, 1)) for c in range(3)]
         if self.fill_threads:
             self._pool = ThreadPoolExecutor(self.fill_threads, thread_name_prefix="emotibatch-fill")
 
@@ -202,7 +205,6 @@ class Runner:
             batch = np.empty((len(items), height, width, 3), np.uint8)
         else:
             batch = np.empty((len(items), 3, height, width), np.float32)
-            planes = [np.ascontiguousarray(self.lut[c].reshape(256, 1)) for c in range(3)]
 
         def part(lo: int, hi: int) -> list:
             if self.lut is None:
@@ -212,7 +214,7 @@ class Runner:
             for i in range(lo, hi):
                 results.append(fill(items[i], pixels))
                 for c, plane in enumerate(cv2.split(pixels)):
-                    cv2.LUT(plane, planes[c], dst=batch[i, c])
+                    cv2.LUT(plane, self._planes[c], dst=batch[i, c])
             return results
 
         if self._pool is None:  # filled when waited for, not ahead
