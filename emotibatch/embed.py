@@ -2,7 +2,8 @@
 
 Equal to EmotiEffLib's ONNX recogniser on the same model file: the same resize and normalisation
 (preprocess), features taken as the input of the graph's last node (a 3-input Gemm), and logits computed
-as `features @ W.T + b` from that Gemm's weights, as the reference does. Unlike the reference it batches
+as `features @ W.T + b` from that Gemm's weights, as the reference does (row by row, so that a face's
+numbers are the same whatever batch it was in). Unlike the reference it batches
 any number of crops, runs on CUDA where present, and never downloads in its constructor.
 """
 
@@ -216,10 +217,12 @@ class EmotionModel:
     def predict(self, crops: Sequence[np.ndarray]) -> EmotionOutput:
         """Features, logits, probabilities, labels and (MTL models) valence and arousal per crop."""
         features = self.features(crops)
-        # The reference's BLAS product, on one BLAS thread: OpenBLAS's own threads spin ~0.1 s after a
+        # The reference's product, one row at a time (an [N, 1, D] @ [D, C] stack): a BLAS product over
+        # the whole batch rounds differently with the batch's size, and a face's numbers must not depend
+        # on which faces share its batch. On one BLAS thread: OpenBLAS's own threads spin ~0.1 s after a
         # call and take cores from the next onnxruntime run (predict: 0.87 of bare, 0.96 on one thread).
         with _BLAS.limit(limits=1, user_api="blas"):
-            scores = features @ self.weight.T + self.bias
+            scores = (features[:, np.newaxis, :] @ self.weight.T)[:, 0] + self.bias
         n_classes = len(self.settings.classes)
         logits = np.ascontiguousarray(scores[:, :n_classes])
         probs = _softmax(logits)
