@@ -1,17 +1,38 @@
 """emotibatch: EmotiEffLib facial emotion recognition at cluster scale.
 
 The data path, one module per step: sources -> decode -> detect -> embed -> track -> sink -> aggregate.
+
+The model classes load on first use: Ray workers that decode, stage or commit import submodules of this
+package and should not pay for onnx and onnxruntime.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from __future__ import annotations
 
-from emotibatch.detect import Detections, FaceDetector
-from emotibatch.embed import EmotionModel, EmotionOutput
-from emotibatch.preprocess import crop_faces
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from emotibatch.detect import Detections, FaceDetector
+    from emotibatch.embed import EmotionModel, EmotionOutput
+    from emotibatch.preprocess import crop_faces
 
 try:
     __version__ = version("emotibatch")
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0+unknown"
 
+_EXPORTS = {
+    "Detections": "emotibatch.detect",
+    "FaceDetector": "emotibatch.detect",
+    "EmotionModel": "emotibatch.embed",
+    "EmotionOutput": "emotibatch.embed",
+    "crop_faces": "emotibatch.preprocess",
+}
 __all__ = ["Detections", "EmotionModel", "EmotionOutput", "FaceDetector", "__version__", "crop_faces"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'emotibatch' has no attribute {name!r}")

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from emotibatch.decode import Sampling
 from emotibatch.redact import redact_uri, scrub
-from emotibatch.runtime import DEVICES, Device
 from emotibatch.schema import FeaturesDtype
+
+# Where the models run: "auto" is CUDA where onnxruntime has it, else the CPU (runtime.py).
+Device = Literal["auto", "cpu", "cuda"]
+DEVICES = ("auto", "cpu", "cuda")
 
 # Settings that change what a row says; an output made with other values is not resumed into.
 IDENTITY = (

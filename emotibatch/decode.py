@@ -15,6 +15,10 @@ redo any step:
    (`overlap_index`), which the tracker decodes again to stitch tracks across segments.
 4. `decode_segment` yields (frame_index, timestamp_s, RGB frame) for a segment, in batches of frames.
 
+For the extraction job, `plan_video` does steps 1-3 for one source and never raises (a `VideoJob` carries
+the error), and `decode_blocks` is step 4 as Ray Data blocks of raw frames. Both run in Ray workers that
+need no models: this module imports none.
+
 Videos in `SEEKABLE_EXTENSIONS` containers are decoded with decord's `get_batch`, which seeks to the
 keyframe before each wanted frame. decord's seeks (and its `skip_frames`) return wrong frames in containers
 without a frame index: off by up to 288 frames for H.264 in AVI, 230 in MPEG-PS (.mpg), 11 in ASF (.wmv),
@@ -41,15 +45,17 @@ import math
 import os
 import posixpath
 import re
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import av
 import cv2
 import fsspec
 import numpy as np
+import pyarrow as pa
 
 from emotibatch import storage
 from emotibatch.sources import IMAGE_EXTENSIONS, VideoSource, is_local, open_fs
@@ -59,6 +65,8 @@ Backend = Literal["decord", "pyav"]
 # (H.264, HEVC, VP9, MPEG-4 Part 2, FLV1 and MJPEG; B-frames, open GOPs, edit lists, 29.97 fps, VFR).
 SEEKABLE_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".flv")
 BATCH_SIZE = 32
+# Frames per Ray Data block between decoding and the face actors.
+FRAMES_PER_BLOCK = 16
 DEFAULT_FRAME_RATE = 30.0
 # floor(x + 0.5) on a float product: lets an exact half that rounding left just below .5 round up.
 _HALF_TOLERANCE = 1e-6
@@ -451,3 +459,103 @@ def _decode_frames(
         if index not in files:
             raise DecodeError(f"frame {index} of {source.source_uri} has no image")
         yield index, _read_image(fs, files[index], source.source_uri)
+
+
+# -- the extraction job's steps -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VideoJob:
+    """A probed video and its plan: what the per-video pass checks the staged frames against."""
+
+    source: VideoSource
+    info: VideoInfo | None
+    error: str | None
+    indices: tuple[int, ...] = ()
+    segments: tuple[Segment, ...] = field(default=())
+
+
+def unreadable(source: VideoSource, exc: OSError) -> str:
+    """An OSError as a message: its reason only, since its text may quote a signed URL."""
+    return f"cannot read {source.source_uri}: {exc.strerror or type(exc).__name__}; check the path and access"
+
+
+def plan_video(
+    source: VideoSource,
+    sampling: Sampling,
+    segment_seconds: float | None,
+    *,
+    storage_options: dict | None = None,
+    frame_rate: float = DEFAULT_FRAME_RATE,
+) -> VideoJob:
+    """Probe, sample and plan one video; a video that cannot be read gets its error, not an exception."""
+    try:
+        info = probe(source, storage_options=storage_options, frame_rate=frame_rate)
+    except DecodeError as exc:
+        return VideoJob(source, None, str(exc))
+    except OSError as exc:  # unreadable in a way the decoder has no message for: fail this video only
+        return VideoJob(source, None, unreadable(source, exc))
+    indices = sample_indices(info, sampling)
+    if not len(indices):
+        return VideoJob(source, info, None)
+    segments = plan_segments(info, indices, segment_seconds, video_id=source.video_id)
+    return VideoJob(source, info, None, tuple(int(i) for i in indices), tuple(segments))
+
+
+def work_item(job: VideoJob, segment: Segment) -> dict:
+    """A segment as plain columns (Arrow structs), so Ray Data carries it without pickling."""
+    source = {"uri": job.source.uri, "video_id": job.source.video_id, "kind": job.source.kind}
+    return {"source": source, "info": asdict(job.info), "segment": asdict(segment)}
+
+
+def decode_blocks(batch: pa.Table, *, storage_options: dict, num_threads: int) -> Iterator[pa.Table]:
+    """Ray Data UDF: `work_item` rows in, their sampled frames out, `FRAMES_PER_BLOCK` raw RGB frames a block.
+
+    A decode failure ends the segment with one row carrying the error (frame_index -1): the per-video
+    pass then fails the whole video, so no partial rows survive.
+    """
+    for item in batch.to_pylist():
+        source = VideoSource(**item["source"])
+        info = VideoInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in item["info"].items()})
+        segment = Segment(**item["segment"])
+        rows: list[tuple[int, bytes, int, int, float]] = []
+        started = time.perf_counter()
+        try:
+            for index, _, frame in decode_segment(
+                source, info, segment, storage_options=storage_options, num_threads=num_threads
+            ):
+                now = time.perf_counter()
+                rows.append((index, frame.tobytes(), frame.shape[0], frame.shape[1], now - started))
+                started = now
+                if len(rows) == FRAMES_PER_BLOCK:
+                    yield _frame_block(source.video_id, segment.segment_index, rows)
+                    rows = []
+        except (DecodeError, OSError) as exc:  # OSError: storage failing after the probe succeeded
+            error = str(exc) if isinstance(exc, DecodeError) else unreadable(source, exc)
+            rows.append((-1, b"", 0, 0, time.perf_counter() - started))
+            yield _frame_block(source.video_id, segment.segment_index, rows, error=error)
+            continue
+        if rows:
+            yield _frame_block(source.video_id, segment.segment_index, rows)
+
+
+def _frame_block(
+    video_id: str,
+    segment_index: int,
+    rows: list[tuple[int, bytes, int, int, float]],
+    error: str | None = None,
+) -> pa.Table:
+    index, pixels, height, width, seconds = zip(*rows)
+    n = len(rows)
+    return pa.table(
+        {
+            "video_id": pa.array([video_id] * n, pa.string()),
+            "segment_index": pa.array([segment_index] * n, pa.int32()),
+            "frame_index": pa.array(index, pa.int64()),
+            "pixels": pa.array(pixels, pa.binary()),
+            "height": pa.array(height, pa.int32()),
+            "width": pa.array(width, pa.int32()),
+            "decode_s": pa.array(seconds, pa.float64()),
+            "error": pa.array([None] * (n - 1) + [error], pa.string()),
+        }
+    )

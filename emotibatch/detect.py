@@ -21,9 +21,10 @@ import onnx
 from onnx import numpy_helper
 
 from emotibatch import registry
+from emotibatch.config import Device
 from emotibatch.preprocess import SCRFD_LUT, check_images, letterbox
 from emotibatch.redact import redact_uri
-from emotibatch.runtime import Device, Runner, make_runner
+from emotibatch.runtime import Runner, make_runner
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,10 @@ from onnx import numpy_helper
 from threadpoolctl import ThreadpoolController
 
 from emotibatch import registry
+from emotibatch.config import Device
 from emotibatch.preprocess import check_images, normalisation_lut, resize_crop
 from emotibatch.redact import redact_uri
-from emotibatch.runtime import Device, Runner, make_runner
+from emotibatch.runtime import Runner, make_runner
 
 # Faces per onnxruntime call. On the CPU 16 ran as fast as 32 and 16% faster than 64 (cache), with a
 # third of 64's peak RSS (531 against 1,669 MiB, EfficientNet-B0; docs/benchmarks.md).

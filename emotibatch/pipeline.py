@@ -4,11 +4,12 @@
 2. Probe each video (Ray tasks) and plan its time segments (decode.py); segments fully staged by an
    interrupted run are not redone.
 3. One streaming Ray Data chain over the segments: decode the sampled frames in CPU tasks, then one
-   actor pool holding the face detector and the emotion model (`FaceStage`; GPU where present), then the
-   staging Datasink (sink.py), one file per segment piece.
-4. The per-video pass (Ray tasks): read a video's staged frames, check that every sampled frame is there,
-   link faces into tracks (track.py), write `faces/` and the video's `videos/` row, drop its staging. A
-   video with any failure gets a failed row and no faces.
+   actor pool holding the face detector and the emotion model (`FaceStage`; GPU where present), then
+   staging tasks (sink.py), one file per segment piece. The driver follows which frames are staged.
+4. The per-video pass (Ray tasks), started for each video as soon as its last frame is staged: read a
+   video's staged frames, check that every sampled frame is there, link faces into tracks (track.py),
+   write `faces/` and the video's `videos/` row, drop its staging. A video with any failure gets a failed
+   row and no faces.
 """
 
 from __future__ import annotations
@@ -17,51 +18,34 @@ import contextlib
 import json
 import logging
 import os
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 
 from emotibatch import __version__, schema
 from emotibatch.config import ExtractConfig
-from emotibatch.decode import (
-    DecodeError,
-    Segment,
-    VideoInfo,
-    decode_segment,
-    plan_segments,
-    probe,
-    sample_indices,
-)
+from emotibatch.decode import FRAMES_PER_BLOCK, Segment, VideoJob, decode_blocks, plan_video, work_item
 from emotibatch.detect import FaceDetector
 from emotibatch.embed import EmotionModel
-from emotibatch.preprocess import crop_faces
-from emotibatch.sink import Output, StagingSink
+from emotibatch.faces import FaceStage
+from emotibatch.finalize import finalize_video
+from emotibatch.sink import Output, stage_block
 from emotibatch.sources import VideoSource, list_sources
-from emotibatch.track import assign_tracks, count_tracks
 
 log = logging.getLogger(__name__)
 
-FRAMES_PER_BLOCK = 16
 # A decode worker's own footprint (Python, pyarrow, decord, FFmpeg), measured at about 200 MiB.
 DECODE_BASE_MEMORY = 256 * 2**20
-
-
-@dataclass(frozen=True)
-class VideoJob:
-    """A probed video and its plan: what the per-video pass checks the staged frames against."""
-
-    source: VideoSource
-    info: VideoInfo | None
-    error: str | None
-    indices: tuple[int, ...] = ()
-    segments: tuple[Segment, ...] = field(default=())
+# Staging writes a few small files per block and the per-video pass mostly waits on storage. Staging
+# reserves no CPU (one task per face actor at a time) and the pass half a CPU, so that both run beside
+# decode tasks and face actors that hold every CPU of a small node: each video is committed while later
+# ones are still being processed, not after the whole dataset.
+STAGE_CPUS = 0.0
+FINALIZE_CPUS = 0.5
 
 
 @dataclass(frozen=True)
@@ -81,29 +65,11 @@ class RunResult:
 # -- 2. probe and plan --------------------------------------------------------------------------------
 
 
-def _probe(source: VideoSource, config: ExtractConfig) -> VideoJob:
-    try:
-        info = probe(source, storage_options=config.storage_options, frame_rate=config.frame_rate)
-    except DecodeError as exc:
-        return VideoJob(source, None, str(exc))
-    except OSError as exc:  # unreadable in a way the decoder has no message for: fail this video only
-        return VideoJob(source, None, _unreadable(source, exc))
-    indices = sample_indices(info, config.sampling)
-    if not len(indices):
-        return VideoJob(source, info, None)
-    segments = plan_segments(info, indices, config.segment_seconds, video_id=source.video_id)
-    return VideoJob(source, info, None, tuple(int(i) for i in indices), tuple(segments))
-
-
-def _unreadable(source: VideoSource, exc: OSError) -> str:
-    """An OSError as a message: its reason only, since its text may quote a signed URL."""
-    return f"cannot read {source.source_uri}: {exc.strerror or type(exc).__name__}; check the path and access"
-
-
 def probe_all(sources: list[VideoSource], config: ExtractConfig) -> list[VideoJob]:
-    """Probe every source in parallel Ray tasks; a video that cannot be read gets its error, not an exception."""
-    task = ray.remote(num_cpus=config.decode_cpus)(_probe)
-    return ray.get([task.remote(s, config) for s in sources])
+    """Probe and plan every source in parallel Ray tasks (decode.plan_video)."""
+    task = ray.remote(num_cpus=config.decode_cpus)(plan_video)
+    options = {"storage_options": config.storage_options, "frame_rate": config.frame_rate}
+    return ray.get([task.remote(s, config.sampling, config.segment_seconds, **options) for s in sources])
 
 
 def pending_segments(job: VideoJob, output: Output) -> list[Segment]:
@@ -117,272 +83,6 @@ def pending_segments(job: VideoJob, output: Output) -> list[Segment]:
                 output.drop_staged(job.source.video_id, segment.segment_index)
             pending.append(segment)
     return pending
-
-
-# -- 3. decode and faces -----------------------------------------------------------------------------
-
-
-def _work_item(job: VideoJob, segment: Segment) -> dict:
-    """A segment as plain columns (Arrow structs), so Ray Data carries it without pickling."""
-    source = {"uri": job.source.uri, "video_id": job.source.video_id, "kind": job.source.kind}
-    return {"source": source, "info": asdict(job.info), "segment": asdict(segment)}
-
-
-def decode_segments(batch: pa.Table, config: ExtractConfig) -> Iterator[pa.Table]:
-    """Ray Data UDF: segment rows in, their sampled frames out as blocks of raw RGB bytes.
-
-    A decode failure ends the segment with one row carrying the error (frame_index -1): the per-video
-    pass then fails the whole video, so no partial rows survive.
-    """
-    for item in batch.to_pylist():
-        source = VideoSource(**item["source"])
-        info = VideoInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in item["info"].items()})
-        segment = Segment(**item["segment"])
-        rows: list[tuple[int, bytes, int, int, float]] = []
-        started = time.perf_counter()
-        try:
-            for index, _, frame in decode_segment(
-                source,
-                info,
-                segment,
-                storage_options=config.storage_options,
-                num_threads=max(1, int(config.decode_cpus)),
-            ):
-                now = time.perf_counter()
-                rows.append((index, frame.tobytes(), frame.shape[0], frame.shape[1], now - started))
-                started = now
-                if len(rows) == FRAMES_PER_BLOCK:
-                    yield _frame_block(source.video_id, segment.segment_index, rows)
-                    rows = []
-        except (DecodeError, OSError) as exc:  # OSError: storage failing after the probe succeeded
-            error = exc if isinstance(exc, DecodeError) else _unreadable(source, exc)
-            rows.append((-1, b"", 0, 0, time.perf_counter() - started))
-            yield _frame_block(source.video_id, segment.segment_index, rows, error=str(error))
-            continue
-        if rows:
-            yield _frame_block(source.video_id, segment.segment_index, rows)
-
-
-def _frame_block(
-    video_id: str,
-    segment_index: int,
-    rows: list[tuple[int, bytes, int, int, float]],
-    error: str | None = None,
-) -> pa.Table:
-    index, pixels, height, width, seconds = zip(*rows)
-    n = len(rows)
-    return pa.table(
-        {
-            "video_id": pa.array([video_id] * n, pa.string()),
-            "segment_index": pa.array([segment_index] * n, pa.int32()),
-            "frame_index": pa.array(index, pa.int64()),
-            "pixels": pa.array(pixels, pa.binary()),
-            "height": pa.array(height, pa.int32()),
-            "width": pa.array(width, pa.int32()),
-            "decode_s": pa.array(seconds, pa.float64()),
-            "error": pa.array([None] * (n - 1) + [error], pa.string()),
-        }
-    )
-
-
-class FaceStage:
-    """Ray Data actor: detector and emotion model loaded once; frames in, per-frame faces out."""
-
-    def __init__(self, config: ExtractConfig, frames_schema: pa.Schema) -> None:
-        self.config = config
-        self.schema = frames_schema
-        common = dict(
-            device=config.device, model_dir=config.model_dir, storage_options=config.storage_options
-        )
-        self.detector = (
-            None
-            if config.faces_cropped
-            else FaceDetector.load(
-                config.detector,
-                input_size=config.det_size,
-                det_thresh=config.det_thresh,
-                batch_size=config.detect_batch_size,
-                **common,
-            )
-        )
-        self.model = EmotionModel.load(config.model, batch_size=config.batch_size, **common)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        started = time.perf_counter()
-        n = len(batch)
-        errors = batch["error"].to_pylist()
-        heights, widths = batch["height"].to_pylist(), batch["width"].to_pylist()
-        pixels = batch["pixels"].to_pylist()
-        ok = [i for i in range(n) if errors[i] is None]
-        frames = [np.frombuffer(pixels[i], np.uint8).reshape(heights[i], widths[i], 3) for i in ok]
-        boxes, scores, landmarks = self._faces(frames)
-        crops = [c for frame, b in zip(frames, boxes) for c in crop_faces(frame, b, self.config.margin)]
-        out = self.model.predict(crops)
-        counts = np.zeros(n, np.int64)
-        counts[ok] = [len(b) for b in boxes]
-        offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-        seconds = (time.perf_counter() - started) / max(n, 1)
-
-        def nested(values: np.ndarray | None, width: int | None, dtype: pa.DataType) -> pa.Array:
-            if values is None:  # a model without valence/arousal, or face crops without detections
-                flat = pa.nulls(int(offsets[-1]), dtype if width is None else schema.vector(width, dtype))
-            elif width is None:
-                flat = pa.array(values.astype(dtype.to_pandas_dtype()), dtype)
-            else:
-                flat = pa.FixedSizeListArray.from_arrays(
-                    pa.array(values.astype(dtype.to_pandas_dtype()).reshape(-1), dtype), width
-                )
-            return pa.ListArray.from_arrays(pa.array(offsets), flat)
-
-        columns = {
-            "video_id": batch["video_id"],
-            "segment_index": batch["segment_index"],
-            "frame_index": batch["frame_index"],
-            "error": batch["error"],
-            "decode_s": batch["decode_s"],
-            "infer_s": pa.array(np.full(n, seconds)),
-            "bbox": nested(_stack(boxes, (0, 4)), 4, pa.float32()),
-            "det_score": nested(None if self.detector is None else _stack(scores, (0,)), None, pa.float32()),
-            "landmarks": nested(
-                None if self.detector is None else _stack(landmarks, (0, 10)), 10, pa.float32()
-            ),
-            "emotion_probs": nested(out.probs, len(out.classes), pa.float32()),
-            "valence": nested(out.valence, None, pa.float32()),
-            "arousal": nested(out.arousal, None, pa.float32()),
-        }
-        if "features" in self.schema.names:
-            dtype = self.schema.field("features").type.value_type.value_type
-            columns["features"] = nested(out.features, out.features.shape[1], dtype)
-        return pa.table(columns).cast(self.schema)
-
-    def _faces(self, frames: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
-        """Boxes, scores and flat landmarks per frame after --min-face and --max-faces."""
-        if self.detector is None:  # each image is one face
-            boxes = [np.array([[0, 0, f.shape[1], f.shape[0]]], np.float32) for f in frames]
-            return (
-                boxes,
-                [np.ones(1, np.float32)] * len(frames),
-                [np.zeros((1, 10), np.float32)] * len(frames),
-            )
-        boxes, scores, landmarks = [], [], []
-        for found in self.detector.detect(frames):
-            keep = np.minimum(found.boxes[:, 2] - found.boxes[:, 0], found.boxes[:, 3] - found.boxes[:, 1])
-            keep = np.flatnonzero(keep >= self.config.min_face)[: self.config.max_faces]
-            boxes.append(found.boxes[keep])
-            scores.append(found.scores[keep])
-            landmarks.append(found.kps[keep].reshape(-1, 10))
-        return boxes, scores, landmarks
-
-
-def _stack(arrays: list[np.ndarray], empty: tuple[int, ...]) -> np.ndarray:
-    return np.concatenate(arrays) if arrays else np.zeros(empty, np.float32)
-
-
-# -- 4. the per-video pass -----------------------------------------------------------------------------
-
-
-def finalize_video(job: VideoJob, output: Output, faces_schema: pa.Schema, run_id: str) -> dict:
-    """Check, track and commit one video; return its videos row."""
-    video_id = job.source.video_id
-    row = _video_row(job, run_id)
-    if job.error:
-        return _commit(output, job, None, {**row, "status": "failed", "error": job.error})
-    staged = output.read_staged(video_id) if job.indices else None
-    if staged is not None and staged["error"].null_count < len(staged):
-        error = next(e for e in staged["error"].to_pylist() if e is not None)
-        return _commit(output, job, None, {**row, "status": "failed", "error": error})
-    if staged is not None:
-        staged = _unique_frames(staged)
-    got = set() if staged is None else set(staged["frame_index"].to_pylist())
-    missing = sorted(set(job.indices) - got)
-    if missing:
-        error = f"{len(missing)} sampled frames were not processed (first: {missing[0]}); run the job again"
-        return _commit(output, job, None, {**row, "status": "failed", "error": error})
-    faces = _faces_table(job, staged, faces_schema)
-    row |= {
-        "status": "ok",
-        "frames_sampled": len(job.indices),
-        "faces": len(faces),
-        "tracks": count_tracks(faces["track_id"].to_numpy()),
-        "decode_s": float(pc.sum(staged["decode_s"]).as_py() or 0.0) if staged is not None else 0.0,
-        "infer_s": float(pc.sum(staged["infer_s"]).as_py() or 0.0) if staged is not None else 0.0,
-    }
-    return _commit(output, job, faces, row)
-
-
-def _unique_frames(staged: pa.Table) -> pa.Table:
-    """Frames sorted by index, each once (pieces staged twice by a retried task hold the same frame)."""
-    staged = staged.sort_by("frame_index")
-    index = staged["frame_index"].to_numpy()
-    first = np.concatenate([[True], index[1:] != index[:-1]])
-    return staged.filter(pa.array(first))
-
-
-def _faces_table(job: VideoJob, staged: pa.Table | None, faces_schema: pa.Schema) -> pa.Table:
-    if staged is None or not len(staged):
-        return faces_schema.empty_table()
-    staged = staged.combine_chunks()
-    counts = pc.list_value_length(staged["bbox"]).to_numpy(zero_copy_only=False)
-    frame_index = np.repeat(staged["frame_index"].to_numpy(), counts)
-    face_index = np.concatenate([np.arange(c, dtype=np.int32) for c in counts])
-    bbox = pc.list_flatten(staged["bbox"])
-    tracks = assign_tracks(
-        frame_index, schema.as_matrix(bbox), sampled_frames=np.asarray(job.indices, np.int64)
-    )
-    probs = pc.list_flatten(staged["emotion_probs"])
-    labels = np.array(schema.read_metadata(faces_schema)["classes"])[schema.as_matrix(probs).argmax(axis=1)]
-    n = len(frame_index)
-    columns = {
-        "video_id": pa.array([job.source.video_id] * n, pa.string()),
-        "source_uri": pa.array([job.source.source_uri] * n, pa.string()),
-        "frame_index": pa.array(frame_index, pa.int64()),
-        "timestamp_s": pa.array(frame_index / job.info.fps, pa.float64()),
-        "face_index": pa.array(face_index, pa.int32()),
-        "track_id": pa.array(tracks, pa.int64()),
-        "bbox": bbox,
-        "det_score": pc.list_flatten(staged["det_score"]),
-        "landmarks": pc.list_flatten(staged["landmarks"]),
-        "emotion": pa.array(labels.tolist(), pa.string()),
-        "emotion_probs": probs,
-        "valence": pc.list_flatten(staged["valence"]),
-        "arousal": pc.list_flatten(staged["arousal"]),
-    }
-    if "features" in faces_schema.names:
-        columns["features"] = pc.list_flatten(staged["features"])
-    return pa.table(columns).cast(faces_schema)
-
-
-def _video_row(job: VideoJob, run_id: str) -> dict:
-    info = job.info
-    return {
-        "video_id": job.source.video_id,
-        "source_uri": job.source.source_uri,
-        "status": "failed",
-        "error": None,
-        "fps": info.fps if info else None,
-        "frame_count": info.frame_count if info else None,
-        "duration_s": info.duration_s if info else None,
-        "width": info.width if info else None,
-        "height": info.height if info else None,
-        "frames_sampled": 0,
-        "faces": 0,
-        "tracks": 0,
-        "decode_s": 0.0,
-        "infer_s": 0.0,
-        "run_id": run_id,
-        **dict(job.source.extra),
-    }
-
-
-def _commit(output: Output, job: VideoJob, faces: pa.Table | None, row: dict) -> dict:
-    output.commit_video(job.source.video_id, faces, pa.Table.from_pylist([row], schema=_row_schema(row)))
-    return row
-
-
-def _row_schema(row: dict) -> pa.Schema:
-    base = set(schema.VIDEOS_BASE.names)
-    extra = pa.Table.from_pylist([{k: v for k, v in row.items() if k not in base}]).schema
-    return schema.videos_schema(extra if len(extra) else None)
 
 
 # -- the job -------------------------------------------------------------------------------------------
@@ -481,6 +181,78 @@ def run(plan: Plan) -> RunResult:
         return execute(plan)
 
 
+def _staged_frames(plan: Plan, work: list[dict], jobs: list[VideoJob]) -> ray.data.Dataset:
+    """The streaming chain of step 3 over `work` (segments): rows of the frames staged."""
+    config = plan.config
+    gpus = config.gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if ray.cluster_resources().get("GPU") else 0.0
+    actors, gpus = _pool_size(config, gpus)
+    return (
+        ray.data.from_items(work)
+        .map_batches(
+            decode_blocks,
+            fn_kwargs={
+                "storage_options": config.storage_options,
+                "num_threads": max(1, int(config.decode_cpus)),
+            },
+            batch_size=1,
+            batch_format="pyarrow",
+            num_cpus=config.decode_cpus,
+            memory=_decode_memory(jobs),
+        )
+        .map_batches(
+            FaceStage,
+            fn_constructor_args=(config, plan.frames_schema),
+            batch_size=FRAMES_PER_BLOCK,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
+            num_gpus=gpus,
+            num_cpus=config.cpus_per_worker,
+        )
+        .map_batches(
+            stage_block,
+            fn_kwargs={"output": plan.output, "schema": plan.frames_schema},
+            batch_size=None,
+            batch_format="pyarrow",
+            num_cpus=STAGE_CPUS,
+            compute=ray.data.TaskPoolStrategy(size=actors),
+        )
+    )
+
+
+def _extract_and_commit(plan: Plan, jobs: list[VideoJob]) -> list[dict]:
+    """Steps 3 and 4: stream the pending segments through the chain, and start each video's per-video pass
+    as soon as its last pending frame is staged (at once when nothing is pending; at the end when a
+    segment failed, and the pass says why). Returns the videos rows in the order of `jobs`."""
+    finalize = ray.remote(num_cpus=FINALIZE_CPUS)(finalize_video)
+    committing: dict[str, ray.ObjectRef] = {}
+    work, waiting = [], {}
+    for job in jobs:
+        segments = pending_segments(job, plan.output)
+        work += [work_item(job, segment) for segment in segments]
+        waiting[job.source.video_id] = (job, {i for segment in segments for i in segment.frame_indices})
+
+    def commit(video_id: str, *, force: bool = False) -> None:
+        """Start the video's pass once nothing of it is pending, or now when `force`d."""
+        job, left = waiting[video_id]
+        if video_id not in committing and (force or not left):
+            committing[video_id] = finalize.remote(job, plan.output, plan.faces_schema, plan.run_id)
+
+    for video_id in waiting:
+        commit(video_id)
+    if work:
+        for staged in _staged_frames(plan, work, jobs).iter_batches(batch_size=None, batch_format="pyarrow"):
+            for video_id, frame_index in zip(
+                staged["video_id"].to_pylist(), staged["frame_index"].to_pylist()
+            ):
+                waiting[video_id][1].discard(frame_index)
+                commit(video_id)
+    for video_id in waiting:
+        commit(video_id, force=True)
+    return ray.get([committing[job.source.video_id] for job in jobs])
+
+
 def execute(plan: Plan) -> RunResult:
     """Run a prepared job on the current Ray cluster (see module docstring); return what it did."""
     config, output, sources, run_id = plan.config, plan.output, plan.sources, plan.run_id
@@ -490,36 +262,11 @@ def execute(plan: Plan) -> RunResult:
         "%d inputs: %d finished by earlier runs, %d to do", len(sources), len(sources) - len(todo), len(todo)
     )
 
-    jobs = probe_all(todo, config) if todo else []
-    work = [_work_item(job, seg) for job in jobs for seg in pending_segments(job, output)]
-    if work:
-        gpus = config.gpus_per_worker
-        if gpus is None:
-            gpus = 1.0 if ray.cluster_resources().get("GPU") else 0.0
-        actors, gpus = _pool_size(config, gpus)
-        (
-            ray.data.from_items(work)
-            .map_batches(
-                decode_segments,
-                fn_kwargs={"config": config},
-                batch_size=1,
-                batch_format="pyarrow",
-                num_cpus=config.decode_cpus,
-                memory=_decode_memory(jobs),
-            )
-            .map_batches(
-                FaceStage,
-                fn_constructor_args=(config, plan.frames_schema),
-                batch_size=FRAMES_PER_BLOCK,
-                batch_format="pyarrow",
-                compute=ray.data.ActorPoolStrategy(min_size=1, max_size=actors),
-                num_gpus=gpus,
-                num_cpus=config.cpus_per_worker,
-            )
-            .write_datasink(StagingSink(output, plan.frames_schema))
-        )
-    finalize = ray.remote(num_cpus=1)(finalize_video)
-    rows = ray.get([finalize.remote(job, output, plan.faces_schema, run_id) for job in jobs])
+    # A video whose staging outlived its commit (a task retried after the commit) is dropped here.
+    for video_id in output.staged_videos() & finished:
+        output.drop_staged(video_id)
+
+    rows = _extract_and_commit(plan, probe_all(todo, config) if todo else [])
     ended = datetime.now(timezone.utc)
     wall = (ended - plan.started).total_seconds()
     sampled = sum(r["frames_sampled"] for r in rows)

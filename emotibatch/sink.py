@@ -1,4 +1,4 @@
-"""The extract output on any fsspec filesystem: its layout, atomic commits, and the staging Datasink.
+"""The extract output on any fsspec filesystem: its layout, atomic commits and staging.
 
     OUT/_emotibatch.json          settings that decide what rows say; a rerun must match them
     OUT/faces/<video>.parquet     one file per finished video (faces_schema)
@@ -18,15 +18,12 @@ from __future__ import annotations
 import json
 import urllib.parse
 import uuid
-from collections.abc import Iterable
 
 import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
-from ray.data import Datasink
-from ray.data.block import Block, BlockAccessor
 
 from emotibatch import storage
 from emotibatch.redact import redact_uri
@@ -151,6 +148,29 @@ class Output:
             STAGING, video_key(video_id), f"{segment_index:05d}-{first:010d}-{last:010d}.parquet"
         )
 
+    def stage(self, table: pa.Table) -> None:
+        """Write per-frame results (frames_schema), one file per segment piece, named by its frames so
+        that a retried task overwrites its own files."""
+        keys = pc.binary_join_element_wise(
+            table["video_id"], pc.cast(table["segment_index"], pa.string()), "\x00"
+        )
+        for key in pc.unique(keys).to_pylist():
+            part = table.filter(pc.equal(keys, key))
+            frames = part["frame_index"]
+            video_id, segment = key.split("\x00")
+            path = self.staged_path(video_id, int(segment), pc.min(frames).as_py(), pc.max(frames).as_py())
+            self.write_table(path, part)
+
+    def staged_videos(self) -> set[str]:
+        """Ids of the videos that have a staging folder."""
+        directory = self.join(STAGING)
+        if not self.fs.exists(directory):
+            return set()
+        return {
+            urllib.parse.unquote(p.rstrip("/").rsplit("/", 1)[-1])
+            for p in self.fs.ls(directory, detail=False)
+        }
+
     def staged_files(self, video_id: str) -> list[str]:
         return self._files(self.join(STAGING, video_key(video_id)))
 
@@ -183,27 +203,8 @@ class Output:
                 self.fs.rm(path)
 
 
-class StagingSink(Datasink[None]):
-    """Writes per-frame results, one file per segment piece, named by its frames (so reruns overwrite)."""
-
-    def __init__(self, output: Output, schema: pa.Schema) -> None:
-        self.output = output
-        self.schema = schema
-
-    def write(self, blocks: Iterable[Block], ctx) -> None:
-        for block in blocks:
-            table = BlockAccessor.for_block(block).to_arrow()
-            if not len(table):
-                continue
-            table = table.select(self.schema.names).cast(self.schema)
-            keys = pc.binary_join_element_wise(
-                table["video_id"], pc.cast(table["segment_index"], pa.string()), "\x00"
-            )
-            for key in pc.unique(keys).to_pylist():
-                part = table.filter(pc.equal(keys, key))
-                frames = part["frame_index"]
-                video_id, segment = key.split("\x00")
-                path = self.output.staged_path(
-                    video_id, int(segment), pc.min(frames).as_py(), pc.max(frames).as_py()
-                )
-                self.output.write_table(path, part)
+def stage_block(block: pa.Table, output: Output, schema: pa.Schema) -> pa.Table:
+    """Ray Data UDF: stage a block of per-frame results (cast to `schema`, whatever Ray Data made of
+    the block's types); pass on which frames it held."""
+    output.stage(block.select(schema.names).cast(schema))
+    return block.select(["video_id", "frame_index"])

@@ -48,9 +48,7 @@ def main(settings_path: str, report_path: str) -> None:
         actors = list_actors(detail=True, limit=10_000, raise_on_missing_output=False)
         report = {
             "workers": [w.node_id for w in workers],
-            "decode_nodes": [
-                t.node_id for t in tasks if "decode_segments" in t.name and t.state == "FINISHED"
-            ],
+            "decode_nodes": [t.node_id for t in tasks if "decode_blocks" in t.name and t.state == "FINISHED"],
             # Placed actors only: the pool may ask for an actor it cancels before Ray places it.
             "face_actor_nodes": [a.node_id for a in actors if "FaceStage" in a.class_name and a.node_id],
             "videos": result.videos,

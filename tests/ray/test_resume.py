@@ -150,3 +150,22 @@ def test_killed_run_then_rerun_equals_clean_run(videos, model_args, make_config,
     assert len(run) == 1 and run[0]["run_id"] == rerun.run_id
     assert run[0]["videos_skipped"] == (0 if finished_before is None else finished_before.num_rows)
     assert not list(out.glob("_staging/*/*")), "staging left behind"
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_staging_left_by_a_finished_video_is_dropped_by_the_next_run(videos, make_config, tmp_path):
+    """A task retried after its video was committed can stage again; the next run drops that staging
+    and redoes nothing."""
+    out = tmp_path / "out"
+    config = make_config([videos["small"]], out, sampling=Sampling("every", 10))
+    first = pipeline.extract(config)
+    assert [v["status"] for v in first.videos] == ["ok"]
+    faces = read_table(out, "faces")
+    stale = out / "_staging" / "small" / "00000-0000000000-0000000000.parquet"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"a piece staged after the commit")
+
+    again = pipeline.extract(config)
+    assert again.videos == [] and again.run["videos_skipped"] == 1
+    assert not (out / "_staging" / "small").exists()
+    assert read_table(out, "faces").equals(faces)

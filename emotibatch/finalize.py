@@ -1,0 +1,123 @@
+"""The per-video pass: check a video's staged frames, link its faces into tracks, commit its rows.
+
+It runs as a Ray task per video, as soon as the video's last sampled frame is staged. Every sampled
+frame must be there, once (a retried task may have staged a piece twice); a video with a decode error
+or a missing frame gets a failed row and no faces. Committing writes `faces/` first, then the video's
+`videos/` row, then drops its staging (sink.Output.commit_video), so a rerun redoes exactly the videos
+without an ok row.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from emotibatch import schema
+from emotibatch.decode import VideoJob
+from emotibatch.sink import Output
+from emotibatch.track import assign_tracks, count_tracks
+
+
+def finalize_video(job: VideoJob, output: Output, faces_schema: pa.Schema, run_id: str) -> dict:
+    """Check, track and commit one video; return its videos row."""
+    video_id = job.source.video_id
+    row = _video_row(job, run_id)
+    if job.error:
+        return _commit(output, job, None, {**row, "status": "failed", "error": job.error})
+    staged = output.read_staged(video_id) if job.indices else None
+    if staged is not None and staged["error"].null_count < len(staged):
+        error = next(e for e in staged["error"].to_pylist() if e is not None)
+        return _commit(output, job, None, {**row, "status": "failed", "error": error})
+    if staged is not None:
+        staged = _unique_frames(staged)
+    got = set() if staged is None else set(staged["frame_index"].to_pylist())
+    missing = sorted(set(job.indices) - got)
+    if missing:
+        error = f"{len(missing)} sampled frames were not processed (first: {missing[0]}); run the job again"
+        return _commit(output, job, None, {**row, "status": "failed", "error": error})
+    faces = _faces_table(job, staged, faces_schema)
+    row |= {
+        "status": "ok",
+        "frames_sampled": len(job.indices),
+        "faces": len(faces),
+        "tracks": count_tracks(faces["track_id"].to_numpy()),
+        "decode_s": float(pc.sum(staged["decode_s"]).as_py() or 0.0) if staged is not None else 0.0,
+        "infer_s": float(pc.sum(staged["infer_s"]).as_py() or 0.0) if staged is not None else 0.0,
+    }
+    return _commit(output, job, faces, row)
+
+
+def _unique_frames(staged: pa.Table) -> pa.Table:
+    """Frames sorted by index, each once (pieces staged twice by a retried task hold the same frame)."""
+    staged = staged.sort_by("frame_index")
+    index = staged["frame_index"].to_numpy()
+    first = np.concatenate([[True], index[1:] != index[:-1]])
+    return staged.filter(pa.array(first))
+
+
+def _faces_table(job: VideoJob, staged: pa.Table | None, faces_schema: pa.Schema) -> pa.Table:
+    if staged is None or not len(staged):
+        return faces_schema.empty_table()
+    staged = staged.combine_chunks()
+    counts = pc.list_value_length(staged["bbox"]).to_numpy(zero_copy_only=False)
+    frame_index = np.repeat(staged["frame_index"].to_numpy(), counts)
+    face_index = np.concatenate([np.arange(c, dtype=np.int32) for c in counts])
+    bbox = pc.list_flatten(staged["bbox"])
+    tracks = assign_tracks(
+        frame_index, schema.as_matrix(bbox), sampled_frames=np.asarray(job.indices, np.int64)
+    )
+    probs = pc.list_flatten(staged["emotion_probs"])
+    labels = np.array(schema.read_metadata(faces_schema)["classes"])[schema.as_matrix(probs).argmax(axis=1)]
+    n = len(frame_index)
+    columns = {
+        "video_id": pa.array([job.source.video_id] * n, pa.string()),
+        "source_uri": pa.array([job.source.source_uri] * n, pa.string()),
+        "frame_index": pa.array(frame_index, pa.int64()),
+        "timestamp_s": pa.array(frame_index / job.info.fps, pa.float64()),
+        "face_index": pa.array(face_index, pa.int32()),
+        "track_id": pa.array(tracks, pa.int64()),
+        "bbox": bbox,
+        "det_score": pc.list_flatten(staged["det_score"]),
+        "landmarks": pc.list_flatten(staged["landmarks"]),
+        "emotion": pa.array(labels.tolist(), pa.string()),
+        "emotion_probs": probs,
+        "valence": pc.list_flatten(staged["valence"]),
+        "arousal": pc.list_flatten(staged["arousal"]),
+    }
+    if "features" in faces_schema.names:
+        columns["features"] = pc.list_flatten(staged["features"])
+    return pa.table(columns).cast(faces_schema)
+
+
+def _video_row(job: VideoJob, run_id: str) -> dict:
+    info = job.info
+    return {
+        "video_id": job.source.video_id,
+        "source_uri": job.source.source_uri,
+        "status": "failed",
+        "error": None,
+        "fps": info.fps if info else None,
+        "frame_count": info.frame_count if info else None,
+        "duration_s": info.duration_s if info else None,
+        "width": info.width if info else None,
+        "height": info.height if info else None,
+        "frames_sampled": 0,
+        "faces": 0,
+        "tracks": 0,
+        "decode_s": 0.0,
+        "infer_s": 0.0,
+        "run_id": run_id,
+        **dict(job.source.extra),
+    }
+
+
+def _commit(output: Output, job: VideoJob, faces: pa.Table | None, row: dict) -> dict:
+    output.commit_video(job.source.video_id, faces, pa.Table.from_pylist([row], schema=_row_schema(row)))
+    return row
+
+
+def _row_schema(row: dict) -> pa.Schema:
+    base = set(schema.VIDEOS_BASE.names)
+    extra = pa.Table.from_pylist([{k: v for k, v in row.items() if k not in base}]).schema
+    return schema.videos_schema(extra if len(extra) else None)
