@@ -6,6 +6,7 @@
   session is made: asking for "cuda" and getting the CPU is an error that says why; "auto" logs it.
 - Threads are sized to the CPU share the caller has (a Ray actor's `num_cpus`, else the process's
   CPU affinity), never to the whole node, so that many workers on one node do not oversubscribe it.
+  In a Ray worker they sleep rather than spin between parallel regions: the cores are shared.
 - Normalisation is a per-channel table of the byte (preprocess.normalisation_lut), applied where it is
   cheapest. On the CPU the batch fill applies it (cv2.LUT of each resized image into a float32 NCHW
   batch, 0.05 ms per 224x224 crop) and the graph runs as it is: in the graph the lookup cost more than
@@ -48,17 +49,23 @@ Item = TypeVar("Item")
 Fill = Callable[[Item, np.ndarray], Any]
 
 
-def cpu_share() -> int:
-    """CPU cores this process may use: a Ray task's or actor's assigned CPUs, else its affinity set."""
+def _ray_cpus() -> float | None:
+    """The CPUs Ray assigned to this task or actor; None outside Ray workers (the driver has none)."""
     try:
         import ray
 
         if ray.is_initialized():
-            assigned = ray.get_runtime_context().get_assigned_resources().get("CPU")
-            if assigned:  # fractional shares round up: an actor given 1.5 CPUs runs 2 threads
-                return max(1, math.ceil(assigned))
-    except (ImportError, AssertionError):  # no Ray, or the driver (only workers have assigned resources)
+            return ray.get_runtime_context().get_assigned_resources().get("CPU") or None
+    except (ImportError, AssertionError):
         pass
+    return None
+
+
+def cpu_share() -> int:
+    """CPU cores this process may use: a Ray task's or actor's assigned CPUs, else its affinity set."""
+    assigned = _ray_cpus()
+    if assigned:  # fractional shares round up: an actor given 1.5 CPUs runs 2 threads
+        return max(1, math.ceil(assigned))
     return max(1, len(os.sched_getaffinity(0)))
 
 
@@ -240,6 +247,10 @@ def make_runner(
     options = ort.SessionOptions()
     options.intra_op_num_threads = num_threads or cpu_share()
     options.inter_op_num_threads = 1
+    if _ray_cpus():
+        # A Ray worker shares the node's cores with other tasks (decoding above all): threads spinning
+        # between parallel regions take cores those need. Alone in a process spinning is 2-5% faster.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     graph = model if on_host else with_uint8_input(model, lut)

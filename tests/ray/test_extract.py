@@ -17,7 +17,7 @@ from e2e import FPS, N_FRAMES, SIZES, TRACKS, assert_faces_match, by_video, read
 from emotibatch import pipeline, registry, runtime, schema
 from emotibatch.decode import Sampling, Segment, VideoInfo, decode_segment, plan_segments, sample_indices
 from emotibatch.embed import EmotionModel
-from emotibatch.preprocess import crop_faces
+from emotibatch.preprocess import crop_faces, normalisation_lut
 from emotibatch.sources import VideoSource
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -203,3 +203,21 @@ def test_segments_give_the_same_rows_and_tracks(every_run, make_config, tmp_path
     for vid, row in split_videos.items():
         for key in ("status", "frames_sampled", "faces", "tracks", "frame_count"):
             assert row[key] == unsplit_videos[vid][key], (vid, key)
+
+
+def test_sessions_in_ray_workers_take_their_cpu_share_and_do_not_spin(emotion_path):
+    """A face actor given 1.5 CPUs runs 2 threads that sleep between parallel regions (its cores are
+    shared with decode tasks); alone in a process onnxruntime's default (spinning) stays."""
+
+    def session_options(path: str) -> tuple[int, str]:
+        import onnx
+
+        lut = normalisation_lut(registry.MEAN_IMAGENET, registry.STD_IMAGENET)
+        options = runtime.make_runner(onnx.load(path), lut, device="cpu").session.get_session_options()
+        spinning = options.get_session_config_entry("session.intra_op.allow_spinning")
+        return options.intra_op_num_threads, spinning
+
+    in_ray = ray.get(ray.remote(num_cpus=1.5)(session_options).remote(str(emotion_path)))
+    assert in_ray == (2, "0")
+    with pytest.raises(RuntimeError, match="allow_spinning"):  # never set: onnxruntime's default
+        session_options(str(emotion_path))
