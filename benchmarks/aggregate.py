@@ -41,6 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from harness import machine
 
+from emotibatch import pipeline
 from emotibatch.aggregate import aggregate, read_descriptors
 from emotibatch.samples import write_synthetic_extract
 
@@ -112,7 +113,7 @@ def generate(root: Path, rows: int, dim: int, frames: int) -> dict[str, Any]:
 def run_ours(extract: Path, out: Path, cpus: int) -> dict[str, Any]:
     import ray
 
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    pipeline.start_local_ray(num_cpus=cpus, log_to_driver=False)
     try:
         with PeakRSS() as peak:
             started = time.perf_counter()

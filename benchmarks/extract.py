@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             "serial": bare_stages(videos, args.every, models, args.cpus, args.device),
             "decode": bare_decode(videos, args.every, args.cpus),
         }
-        ray.init(num_cpus=args.cpus, num_gpus=1 if args.device == "cuda" else 0, include_dashboard=False)
+        pipeline.start_local_ray(num_cpus=args.cpus, num_gpus=1 if args.device == "cuda" else 0)
         try:
             runs = {
                 name: pipeline_run(videos, args.every, models, root / f"out_{name}", args.device, actor_cpus)

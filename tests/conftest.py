@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from emotibatch import detect, embed, runtime, standins
+from emotibatch import detect, embed, pipeline, runtime, standins
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +71,7 @@ def ray_cluster() -> Iterator[None]:
         yield
         return
     # "local": a new instance, never a cluster someone else started on this machine.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    pipeline.start_local_ray(address="local", num_cpus=2, log_to_driver=False)
     try:
         yield
     finally:

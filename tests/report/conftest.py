@@ -84,7 +84,7 @@ def lecture(tmp_path_factory: pytest.TempPathFactory, mtl_path: Path, scrfd_path
     started = not ray.is_initialized()
     if started:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+        pipeline.start_local_ray(address="local", num_cpus=2, log_to_driver=False)
     try:
         pipeline.extract(config)
     finally:

@@ -17,7 +17,7 @@ import s3fs
 import s3server
 from s3proxy import FaultProxy
 
-from emotibatch import registry, storage
+from emotibatch import pipeline, registry, storage
 
 KEY_ID = "emotibatch-test-key-id"
 SECRET = "emotibatch-test-secret-Zq8Vx"  # grepped for in every output
@@ -102,7 +102,7 @@ def ray_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         for name, value in env.items():
             patch.setenv(name, value)
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": env})
+        pipeline.start_local_ray(num_cpus=2, log_to_driver=False, runtime_env={"env_vars": env})
         try:
             yield
         finally:

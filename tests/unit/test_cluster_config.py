@@ -9,6 +9,8 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
+from emotibatch import pipeline
+
 CLUSTER_YAML = Path(__file__).parents[2] / "cluster.yaml"
 
 
@@ -36,3 +38,9 @@ def test_the_head_does_no_work_and_keeps_its_dashboard_on_loopback(config: dict)
     workers = config["available_node_types"]["gpu_worker"]
     assert workers["node_config"]["IamInstanceProfile"]["Arn"]
     assert any("[gpu,s3]" in command for command in config["setup_commands"])
+
+
+def test_nodes_keep_as_many_idle_workers_as_the_embedded_ray(config: dict) -> None:
+    setting = f"RAY_num_workers_soft_limit={pipeline.IDLE_WORKERS} ray start"
+    for commands in ("head_start_ray_commands", "worker_start_ray_commands"):
+        assert any(setting in command for command in config[commands]), commands
