@@ -1,4 +1,4 @@
-"""Aggregation throughput (face rows/s) and peak memory: `emotibatch.aggregate` on Ray Data against a plain
+"""Aggregation throughput (face rows/s) and peak memory: `emotibatch.clips.aggregate` on Ray Data against a plain
 pyarrow group-by on one core.
 
 Generates a synthetic extract output on disk first (default 2,000,000 face rows of 1280-d float16
@@ -41,9 +41,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from harness import machine
 
-from emotibatch import pipeline
-from emotibatch.aggregate import aggregate, read_descriptors
-from emotibatch.samples import write_synthetic_extract
+from emotibatch.clips.aggregate import aggregate, read_descriptors
+from emotibatch.extract import pipeline
+from emotibatch.testing.samples import write_synthetic_extract
 
 STATS = ("mean", "stddev", "min", "max")
 

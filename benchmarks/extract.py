@@ -10,7 +10,7 @@ Two baselines, both measured every time:
 
 On the CPU (`--device cpu`) the target compares the pipeline with the serial rate (>= 0.8: Ray and the
 glue cost at most 20 %); on a GPU node (`--device cuda`), where the models are cheap and decoding bounds
-throughput, with the decode rate (>= 0.8). The pipeline (`emotibatch.pipeline`, on a local Ray with
+throughput, with the decode rate (>= 0.8). The pipeline (`emotibatch.extract.pipeline`, on a local Ray with
 `--cpus` CPUs and, on CUDA, one GPU, started beforehand) runs the same videos end to end, Parquet written.
 Ray's start-up is not counted; the first run (cold: workers and actors start, models load) and a rerun
 into a fresh output (warm worker processes) are both reported. Peak memory: the largest RSS any Ray
@@ -42,12 +42,13 @@ import ray
 from harness import machine
 from models import make_models
 
-from emotibatch import pipeline, samples
 from emotibatch.config import ExtractConfig
-from emotibatch.decode import Sampling
-from emotibatch.detect import FaceDetector
-from emotibatch.embed import EmotionModel
-from emotibatch.preprocess import crop_faces
+from emotibatch.extract import pipeline
+from emotibatch.extract.decode import Sampling
+from emotibatch.inference.detect import FaceDetector
+from emotibatch.inference.embed import EmotionModel
+from emotibatch.inference.preprocess import crop_faces
+from emotibatch.testing import samples
 
 WIDTH, HEIGHT, FPS = 1280, 720, 25.0
 TARGET = 0.8

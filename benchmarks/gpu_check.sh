@@ -20,9 +20,9 @@ import tempfile
 
 import onnx
 
-from emotibatch.preprocess import SCRFD_LUT
-from emotibatch.runtime import make_runner
-from emotibatch.standins import make_emotion_model
+from emotibatch.inference.preprocess import SCRFD_LUT
+from emotibatch.inference.runtime import make_runner
+from emotibatch.testing.standins import make_emotion_model
 
 path = make_emotion_model(pathlib.Path(tempfile.mkdtemp()) / "probe.onnx")
 runner = make_runner(onnx.load(str(path)), SCRFD_LUT, device="cuda", name="probe")  # raises unless CUDA runs

@@ -31,9 +31,9 @@ import onnx
 from harness import Case, Side, measure, table, write
 from onnx import helper, numpy_helper
 
-from emotibatch import standins
-from emotibatch.detect import DEFAULT_BATCH_SIZES as DETECT_BATCH_SIZES
-from emotibatch.embed import DEFAULT_BATCH_SIZES as EMOTION_BATCH_SIZES
+from emotibatch.inference.detect import DEFAULT_BATCH_SIZES as DETECT_BATCH_SIZES
+from emotibatch.inference.embed import DEFAULT_BATCH_SIZES as EMOTION_BATCH_SIZES
+from emotibatch.testing import standins
 
 # EmotiEffLib's file name: its name rules give input 224 and ImageNet mean/std, as for the real model.
 EMOTION_MODEL = "enet_b0_8_best_vgaf.onnx"
@@ -171,7 +171,7 @@ def make_models(directory: Path) -> dict[str, Path]:
 
 
 def session_options(threads: int) -> Any:
-    """The SessionOptions `emotibatch.runtime.make_runner` makes, for the bare baselines."""
+    """The SessionOptions `emotibatch.inference.runtime.make_runner` makes, for the bare baselines."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -217,9 +217,9 @@ def emotion_bare(path: str, device: str, threads: int, batch: int) -> tuple[Any,
     """Plain session of the original model on already normalised float32 NCHW (on the GPU for CUDA)."""
     import onnxruntime as ort
 
-    from emotibatch.preprocess import normalisation_lut, resize_crops
-    from emotibatch.registry import MEAN_IMAGENET, STD_IMAGENET
-    from emotibatch.runtime import providers_for
+    from emotibatch.inference.preprocess import normalisation_lut, resize_crops
+    from emotibatch.inference.registry import MEAN_IMAGENET, STD_IMAGENET
+    from emotibatch.inference.runtime import providers_for
 
     _limit_cv2(threads)
     session = ort.InferenceSession(path, session_options(threads), providers=providers_for(device))
@@ -249,8 +249,8 @@ def emotion_bare(path: str, device: str, threads: int, batch: int) -> tuple[Any,
 
 def fill_ours(threads: int, batch: int) -> tuple[Any, dict]:
     """`Runner.batches` as it fills emotion batches on CUDA: resizes on `threads` fill threads, a batch ahead."""
-    from emotibatch.preprocess import resize_crop
-    from emotibatch.runtime import Runner
+    from emotibatch.inference.preprocess import resize_crop
+    from emotibatch.inference.runtime import Runner
 
     _limit_cv2(1)
     runner = Runner(session=None, device="cuda", fill_threads=threads)  # the fill alone, no model
@@ -266,7 +266,7 @@ def fill_ours(threads: int, batch: int) -> tuple[Any, dict]:
 
 def fill_bare(threads: int, batch: int) -> tuple[Any, dict]:
     """The same resizes one after another on the calling thread, as on the CPU path."""
-    from emotibatch.preprocess import resize_crops
+    from emotibatch.inference.preprocess import resize_crops
 
     _limit_cv2(1)
     crops = face_crops(4 * batch)
@@ -303,7 +303,7 @@ def detect_bare(path: str, device: str, threads: int, batch: int) -> tuple[Any, 
     import onnxruntime as ort
     from insightface.model_zoo.scrfd import SCRFD
 
-    from emotibatch.runtime import providers_for
+    from emotibatch.inference.runtime import providers_for
 
     _limit_cv2(threads)
     session = ort.InferenceSession(path, session_options(threads), providers=providers_for(device))

@@ -37,9 +37,10 @@ sys.path.insert(0, str(ROOT / "tests" / "s3"))
 import s3server  # noqa: E402
 from s3proxy import FaultProxy  # noqa: E402
 
-from emotibatch import samples, storage  # noqa: E402
-from emotibatch.decode import Sampling, decode_segment, plan_segments, probe, sample_indices  # noqa: E402
-from emotibatch.sources import VideoSource  # noqa: E402
+from emotibatch.extract.decode import Sampling, decode_segment, plan_segments, probe, sample_indices  # noqa: E402
+from emotibatch.io import storage  # noqa: E402
+from emotibatch.io.sources import VideoSource  # noqa: E402
+from emotibatch.testing import samples  # noqa: E402
 
 FPS = 25
 CREDENTIALS = {

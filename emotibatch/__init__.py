@@ -1,6 +1,8 @@
 """emotibatch: EmotiEffLib facial emotion recognition at cluster scale.
 
-The data path, one module per step: sources -> decode -> detect -> embed -> track -> sink -> aggregate.
+The tree follows the data path: `io` (inputs, storage) -> `extract` (decode, the face stage running
+`inference`'s detector and emotion model, tracks, the output's commits) -> `clips` (descriptors,
+classifiers) -> `reports`. `testing` makes the stand-in models and sample videos.
 
 The model classes load on first use: Ray workers that decode, stage or commit import submodules of this
 package and should not pay for onnx and onnxruntime.
@@ -13,9 +15,9 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from emotibatch.detect import Detections, FaceDetector
-    from emotibatch.embed import EmotionModel, EmotionOutput
-    from emotibatch.preprocess import crop_faces
+    from emotibatch.inference.detect import Detections, FaceDetector
+    from emotibatch.inference.embed import EmotionModel, EmotionOutput
+    from emotibatch.inference.preprocess import crop_faces
 
 try:
     __version__ = version("emotibatch")
@@ -23,11 +25,11 @@ except PackageNotFoundError:  # running from a source tree that was not installe
     __version__ = "0+unknown"
 
 _EXPORTS = {
-    "Detections": "emotibatch.detect",
-    "FaceDetector": "emotibatch.detect",
-    "EmotionModel": "emotibatch.embed",
-    "EmotionOutput": "emotibatch.embed",
-    "crop_faces": "emotibatch.preprocess",
+    "Detections": "emotibatch.inference.detect",
+    "FaceDetector": "emotibatch.inference.detect",
+    "EmotionModel": "emotibatch.inference.embed",
+    "EmotionOutput": "emotibatch.inference.embed",
+    "crop_faces": "emotibatch.inference.preprocess",
 }
 __all__ = ["Detections", "EmotionModel", "EmotionOutput", "FaceDetector", "__version__", "crop_faces"]
 

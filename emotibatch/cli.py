@@ -14,15 +14,17 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from emotibatch import classify, pipeline, registry
-from emotibatch.aggregate import POOLS, Recipe, aggregate
+from emotibatch.clips import classify
+from emotibatch.clips.aggregate import POOLS, Recipe, aggregate
+from emotibatch.clips.labels import DAISEE_TARGETS
 from emotibatch.config import ExtractConfig
-from emotibatch.decode import Sampling
 from emotibatch.demo import run_demo
-from emotibatch.labels import DAISEE_TARGETS
-from emotibatch.redact import redact_uri
-from emotibatch.render import render_clip
-from emotibatch.report import write_report
+from emotibatch.extract import pipeline
+from emotibatch.extract.decode import Sampling
+from emotibatch.inference import registry
+from emotibatch.io.redact import redact_uri
+from emotibatch.reports.render import render_clip
+from emotibatch.reports.report import write_report
 
 
 @contextlib.contextmanager

@@ -6,8 +6,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from emotibatch.decode import Sampling
-from emotibatch.redact import redact_uri, scrub
+from emotibatch.extract.decode import Sampling
+from emotibatch.io.redact import redact_uri, scrub
 from emotibatch.schema import FeaturesDtype
 
 # Where the models run: "auto" is CUDA where onnxruntime has it, else the CPU (runtime.py).

@@ -12,9 +12,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from emotibatch import pipeline, registry, samples, standins
 from emotibatch.config import ExtractConfig
-from emotibatch.decode import Sampling
+from emotibatch.extract import pipeline
+from emotibatch.extract.decode import Sampling
+from emotibatch.inference import registry
+from emotibatch.testing import samples, standins
 
 log = logging.getLogger(__name__)
 

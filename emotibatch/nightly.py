@@ -67,22 +67,25 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from emotibatch import pipeline, registry, report, schema
-from emotibatch.aggregate import Recipe, describe_video, emotion_model, emotion_model_mismatch
-from emotibatch.classify import CARD_FILE, ClipModel
+from emotibatch import schema
+from emotibatch.clips.aggregate import Recipe, describe_video, emotion_model, emotion_model_mismatch
+from emotibatch.clips.classify import CARD_FILE, ClipModel
 from emotibatch.config import ExtractConfig
-from emotibatch.decode import Sampling
-from emotibatch.embed import EmotionModel
-from emotibatch.engagement import (
+from emotibatch.extract import pipeline
+from emotibatch.extract.decode import Sampling
+from emotibatch.extract.output import Output, video_key
+from emotibatch.inference import registry
+from emotibatch.inference.embed import EmotionModel
+from emotibatch.inference.engagement import (
     DEFAULT_WINDOW,
     ENGAGEMENT_CLASSES,
     FEATURE_DIM,
     EngagementModel,
     window_starts,
 )
-from emotibatch.redact import redact_uri
-from emotibatch.sink import Output, video_key
-from emotibatch.sources import VIDEO_EXTENSIONS, is_local, uri_of
+from emotibatch.io.redact import redact_uri
+from emotibatch.io.sources import VIDEO_EXTENSIONS, is_local, uri_of
+from emotibatch.reports import report
 
 log = logging.getLogger(__name__)
 
@@ -660,7 +663,7 @@ def run(plan: NightPlan) -> NightResult:
 
 
 def _write_json(output: Output, path: str, data: dict) -> None:
-    """Write JSON whole or not at all, as sink.Output writes tables: renamed into place, or one PUT."""
+    """Write JSON whole or not at all, as output.Output writes tables: renamed into place, or one PUT."""
     text = json.dumps(data, indent=1) + "\n"
     output.fs.makedirs(posixpath.dirname(path), exist_ok=True)
     if is_local(output.fs):

@@ -16,7 +16,7 @@ import click
 from emotibatch import nightly
 from emotibatch.cli import EXIT_OK, EXIT_SOME_FAILED, extract, library_errors
 from emotibatch.config import ExtractConfig
-from emotibatch.decode import Sampling
+from emotibatch.extract.decode import Sampling
 
 # `emotibatch extract` options that apply to lectures: the same names, defaults and help.
 EXTRACT_OPTIONS = (

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from emotibatch import detect, embed, pipeline, runtime, standins
+from emotibatch.extract import pipeline
+from emotibatch.inference import detect, embed, runtime
+from emotibatch.testing import standins
 
 
 @pytest.fixture(scope="session")

@@ -19,8 +19,8 @@ from types import ModuleType
 import h5py
 import numpy as np
 
-from emotibatch import samples
-from emotibatch.engagement import FEATURE_DIM
+from emotibatch.inference.engagement import FEATURE_DIM
+from emotibatch.testing import samples
 
 ROOT = Path(__file__).resolve().parents[2]
 # Dummy credentials for the moto S3 server (tests/s3/s3server.py); outputs and logs are searched for SECRET.

@@ -18,9 +18,9 @@ from jobs_helpers import free_port  # this script's directory is sys.path[0]
 from ray.cluster_utils import Cluster
 from ray.util.state import list_actors, list_tasks
 
-from emotibatch import pipeline
 from emotibatch.config import ExtractConfig
-from emotibatch.decode import Sampling
+from emotibatch.extract import pipeline
+from emotibatch.extract.decode import Sampling
 
 
 def main(settings_path: str, report_path: str) -> None:

@@ -31,7 +31,7 @@ import pytest
 import s3fs
 from jobs_helpers import KEY_ID, ROOT, SECRET, free_port, make_lecture, stop_processes
 
-from emotibatch import standins
+from emotibatch.testing import standins
 
 RAY = str(Path(sys.executable).with_name("ray"))
 START_TIMEOUT_S = 180

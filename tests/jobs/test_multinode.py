@@ -17,9 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 from jobs_helpers import ROOT, make_lecture, stop_processes
 
-from emotibatch import pipeline
 from emotibatch.config import ExtractConfig
-from emotibatch.decode import Sampling
+from emotibatch.extract import pipeline
+from emotibatch.extract.decode import Sampling
 
 RUN_TIMEOUT_S = 300
 

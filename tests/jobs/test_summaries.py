@@ -15,10 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 from jobs_helpers import ROOT, write_engagement_head, write_levels_corpus
 
-from emotibatch import classify, nightly, schema, standins
+from emotibatch import nightly, schema
+from emotibatch.clips import classify
 from emotibatch.config import ExtractConfig
-from emotibatch.engagement import FEATURE_DIM, EngagementModel
-from emotibatch.samples import write_synthetic_extract
+from emotibatch.inference.engagement import FEATURE_DIM, EngagementModel
+from emotibatch.testing import standins
+from emotibatch.testing.samples import write_synthetic_extract
 
 NIGHT = date(2026, 3, 1)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from e2e import FPS, SECONDS, SIZES, TRACKS
 
-from emotibatch import samples
 from emotibatch.config import ExtractConfig
+from emotibatch.testing import samples
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """Helpers and known inputs for the end-to-end tests (fixtures are in conftest.py).
 
-A "face" is the stand-in detector's white square (emotibatch.standins); the videos below place them at
+A "face" is the stand-in detector's white square (emotibatch.testing.standins); the videos below place them at
 known positions, so tests can state the exact rows a run must write.
 """
 
@@ -16,9 +16,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from click.testing import CliRunner, Result
 
-from emotibatch import standins
 from emotibatch.cli import cli
-from emotibatch.samples import FaceTrack, expected_faces
+from emotibatch.testing import standins
+from emotibatch.testing.samples import FaceTrack, expected_faces
 
 FPS = 25.0
 SECONDS = 2.0
@@ -49,7 +49,7 @@ def invoke(args: Sequence[object], env: dict[str, str] | None = None) -> Result:
 
 
 def read_table(output: str | Path, table: str) -> pa.Table | None:
-    """All files of one output table, read independently of emotibatch.sink (None when there are none)."""
+    """All files of one output table, read independently of emotibatch.extract.output (None when there are none)."""
     files = sorted(p for p in Path(output, table).glob("*.parquet") if not p.name.startswith((".", "_")))
     if not files:
         return None

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 from e2e import invoke
 
-from emotibatch import pipeline, registry, schema
-from emotibatch.aggregate import Recipe, aggregate, read_descriptors
-from emotibatch.decode import Sampling
-from emotibatch.samples import write_synthetic_extract
+from emotibatch import schema
+from emotibatch.clips.aggregate import Recipe, aggregate, read_descriptors
+from emotibatch.extract import pipeline
+from emotibatch.extract.decode import Sampling
+from emotibatch.inference import registry
+from emotibatch.testing.samples import write_synthetic_extract
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

@@ -11,7 +11,8 @@ import fsspec
 import pytest
 from e2e import N_FRAMES, TRACKS, assert_faces_match, by_video, invoke, read_table, summary
 
-from emotibatch import pipeline, samples
+from emotibatch.extract import pipeline
+from emotibatch.testing import samples
 
 SECRET, KEY, PASSWORD, SIGNATURE = "S3CR3T-VALUE", "AKIAEXAMPLEKEY", "p4ssw0rd", "SIGN4TURE"
 STORAGE_OPTIONS = json.dumps({"secret": SECRET, "key": KEY})

@@ -14,11 +14,20 @@ import pytest
 import ray
 from e2e import FPS, N_FRAMES, SIZES, TRACKS, assert_faces_match, by_video, read_table, sort_faces
 
-from emotibatch import pipeline, registry, runtime, schema
-from emotibatch.decode import Sampling, Segment, VideoInfo, decode_segment, plan_segments, sample_indices
-from emotibatch.embed import EmotionModel
-from emotibatch.preprocess import crop_faces, normalisation_lut
-from emotibatch.sources import VideoSource
+from emotibatch import schema
+from emotibatch.extract import pipeline
+from emotibatch.extract.decode import (
+    Sampling,
+    Segment,
+    VideoInfo,
+    decode_segment,
+    plan_segments,
+    sample_indices,
+)
+from emotibatch.inference import registry, runtime
+from emotibatch.inference.embed import EmotionModel
+from emotibatch.inference.preprocess import crop_faces, normalisation_lut
+from emotibatch.io.sources import VideoSource
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

@@ -9,10 +9,12 @@ import pyarrow.compute as pc
 import pytest
 from e2e import assert_faces_match, by_video, read_table, sort_faces
 
-from emotibatch import pipeline, samples, schema
-from emotibatch.embed import EmotionModel
-from emotibatch.preprocess import crop_faces
-from emotibatch.samples import FaceTrack
+from emotibatch import schema
+from emotibatch.extract import pipeline
+from emotibatch.inference.embed import EmotionModel
+from emotibatch.inference.preprocess import crop_faces
+from emotibatch.testing import samples
+from emotibatch.testing.samples import FaceTrack
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

@@ -18,8 +18,8 @@ import pyarrow as pa
 import pytest
 from e2e import by_video, read_table, sort_faces
 
-from emotibatch import pipeline
-from emotibatch.decode import Sampling
+from emotibatch.extract import pipeline
+from emotibatch.extract.decode import Sampling
 
 START_TIMEOUT_S = 240  # a second local Ray on a busy 2-core machine starts slowly
 

@@ -20,10 +20,13 @@ import pytest
 from devtools import Browser, chromium
 from lectures import FPS, LECTURE_TRACKS, SECRET, Lecture
 
-from emotibatch import pipeline, report, samples, schema
+from emotibatch import schema
 from emotibatch.config import ExtractConfig
-from emotibatch.decode import Sampling
-from emotibatch.sink import Output
+from emotibatch.extract import pipeline
+from emotibatch.extract.decode import Sampling
+from emotibatch.extract.output import Output
+from emotibatch.reports import report
+from emotibatch.testing import samples
 
 
 @pytest.fixture(scope="session")

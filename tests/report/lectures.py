@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from emotibatch.samples import FaceTrack
+from emotibatch.testing.samples import FaceTrack
 
 FPS = 25.0
 # A 2 s 640x360 video; --fps 5 samples frames 0, 5, ..., 45.

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from lectures import LECTURE_TRACKS, Lecture
 
 from emotibatch.cli import cli
-from emotibatch.render import render_clip
+from emotibatch.reports.render import render_clip
 
 
 def _frames(path: Path) -> tuple[str, list[np.ndarray]]:

@@ -17,9 +17,10 @@ from click.testing import CliRunner
 from lectures import SECRET
 from pages import Page
 
-from emotibatch import report, samples
 from emotibatch.cli import cli
-from emotibatch.registry import CLASSES_8
+from emotibatch.inference.registry import CLASSES_8
+from emotibatch.reports import report
+from emotibatch.testing import samples
 
 
 def _self_contained(page: Page) -> None:

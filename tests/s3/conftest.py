@@ -17,7 +17,9 @@ import s3fs
 import s3server
 from s3proxy import FaultProxy
 
-from emotibatch import pipeline, registry, storage
+from emotibatch.extract import pipeline
+from emotibatch.inference import registry
+from emotibatch.io import storage
 
 KEY_ID = "emotibatch-test-key-id"
 SECRET = "emotibatch-test-secret-Zq8Vx"  # grepped for in every output

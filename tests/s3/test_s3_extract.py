@@ -19,9 +19,11 @@ import s3fs
 from conftest import KEY_ID, SECRET, options
 from s3proxy import Fault, FaultProxy
 
-from emotibatch import pipeline, samples, schema, standins
+from emotibatch import schema
 from emotibatch.config import ExtractConfig
-from emotibatch.decode import Sampling, VideoInfo, plan_segments
+from emotibatch.extract import pipeline
+from emotibatch.extract.decode import Sampling, VideoInfo, plan_segments
+from emotibatch.testing import samples, standins
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 

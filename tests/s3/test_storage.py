@@ -14,10 +14,11 @@ import s3fs
 from conftest import SECRET, options
 from s3proxy import Fault, FaultProxy
 
-from emotibatch import samples, storage
-from emotibatch.decode import DecodeError, probe
-from emotibatch.sink import Output
-from emotibatch.sources import VideoSource
+from emotibatch.extract.decode import DecodeError, probe
+from emotibatch.extract.output import Output
+from emotibatch.io import storage
+from emotibatch.io.sources import VideoSource
+from emotibatch.testing import samples
 
 
 @pytest.fixture(scope="module")

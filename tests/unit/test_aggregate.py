@@ -12,15 +12,15 @@ import pytest
 from click.testing import CliRunner
 
 from emotibatch import schema
-from emotibatch.aggregate import (
+from emotibatch.cli import cli
+from emotibatch.clips.aggregate import (
     Recipe,
     aggregate,
     describe_video,
     load_descriptors,
     read_descriptors,
 )
-from emotibatch.cli import cli
-from emotibatch.samples import write_synthetic_extract
+from emotibatch.testing.samples import write_synthetic_extract
 
 # Three frames: frame 0 and 2 with two faces (tracks 0 and 1), frame 1 with one (track 0); fps 2.
 FRAMES = [0, 0, 1, 2, 2]

@@ -15,11 +15,12 @@ from click.testing import CliRunner
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
-from emotibatch import __version__, classify, schema
-from emotibatch.aggregate import aggregate
-from emotibatch.classify import ClipModel
+from emotibatch import __version__, schema
 from emotibatch.cli import cli
-from emotibatch.samples import write_synthetic_extract
+from emotibatch.clips import classify
+from emotibatch.clips.aggregate import aggregate
+from emotibatch.clips.classify import ClipModel
+from emotibatch.testing.samples import write_synthetic_extract
 
 CLASSES = ("Happy", "Sad", "Neutral")
 VGAF_CODES = {"Happy": 1, "Neutral": 2, "Sad": 3}  # Positive, Neutral, Negative

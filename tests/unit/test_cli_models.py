@@ -14,8 +14,8 @@ import fsspec
 import pytest
 from click.testing import CliRunner
 
-from emotibatch import registry
 from emotibatch.cli import cli
+from emotibatch.inference import registry
 
 ONNX = b"fake detector " + bytes(range(256)) * 32
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from emotibatch import pipeline
+from emotibatch.extract import pipeline
 
 CLUSTER_YAML = Path(__file__).parents[2] / "cluster.yaml"
 

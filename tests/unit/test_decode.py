@@ -1,4 +1,4 @@
-"""Probe, sampling rule, segments and frames (emotibatch.decode) on generated videos."""
+"""Probe, sampling rule, segments and frames (emotibatch.extract.decode) on generated videos."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import fsspec
 import numpy as np
 import pytest
 
-from emotibatch import decode
-from emotibatch.decode import (
+from emotibatch.extract import decode
+from emotibatch.extract.decode import (
     DecodeError,
     Sampling,
     Segment,
@@ -24,7 +24,8 @@ from emotibatch.decode import (
     probe,
     sample_indices,
 )
-from emotibatch.samples import (
+from emotibatch.io.sources import VideoSource
+from emotibatch.testing.samples import (
     SAMPLE_SET,
     FaceTrack,
     expected_faces,
@@ -35,7 +36,6 @@ from emotibatch.samples import (
     read_stamp,
     render_frame,
 )
-from emotibatch.sources import VideoSource
 
 W, H = 160, 96
 # Two faces that never touch each other or the index stamp in the bottom 8 rows.

@@ -9,8 +9,9 @@ import numpy as np
 import onnx
 import pytest
 
-from emotibatch import detect, standins
-from emotibatch.detect import FaceDetector
+from emotibatch.inference import detect
+from emotibatch.inference.detect import FaceDetector
+from emotibatch.testing import standins
 
 KPS = np.array(standins.KEYPOINT_OFFSETS, np.float32)
 

@@ -9,8 +9,9 @@ import numpy as np
 import onnx
 import pytest
 
-from emotibatch import registry, standins
-from emotibatch.embed import EmotionModel
+from emotibatch.inference import registry
+from emotibatch.inference.embed import EmotionModel
+from emotibatch.testing import standins
 
 
 def diverse_crops(n: int, seed: int = 0) -> list[np.ndarray]:

@@ -14,7 +14,7 @@ import h5py
 import numpy as np
 import pytest
 
-from emotibatch.engagement import ENGAGEMENT_CLASSES, FEATURE_DIM, EngagementModel, window_starts
+from emotibatch.inference.engagement import ENGAGEMENT_CLASSES, FEATURE_DIM, EngagementModel, window_starts
 
 # The reference model's layers in Keras order; only e, hidden_FC and the output Dense hold weights.
 LAYER_NAMES = (

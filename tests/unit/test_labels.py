@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from emotibatch.labels import JoinReport, LabelSet, join, read_labels
+from emotibatch.clips.labels import JoinReport, LabelSet, join, read_labels
 
 
 def write(path: Path, text: str) -> Path:

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from emotibatch import pipeline, registry, schema, standins
+from emotibatch import schema
 from emotibatch.config import ExtractConfig
+from emotibatch.extract import pipeline
+from emotibatch.inference import registry
+from emotibatch.testing import standins
 
 
 def test_the_model_file_is_recorded_and_a_replaced_one_refused_on_resume(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emotibatch.preprocess import SCRFD_LUT, crop_faces, letterbox, normalisation_lut
+from emotibatch.inference.preprocess import SCRFD_LUT, crop_faces, letterbox, normalisation_lut
 
 
 def test_crop_truncates_and_clips_like_the_reference() -> None:

@@ -21,8 +21,8 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from emotibatch import registry
-from emotibatch.registry import (
+from emotibatch.inference import registry
+from emotibatch.inference.registry import (
     CARDS,
     CLASSES_7,
     CLASSES_8,
@@ -392,7 +392,7 @@ def test_insightface_licence_is_shown_once_per_process(
 ) -> None:
     server.routes["/buffalo_l.zip"] = [zip_pack({"det_10g.onnx": ONNX})]
     card = detector_card(server.url("/buffalo_l.zip"))
-    with caplog.at_level(logging.WARNING, logger="emotibatch.registry"):
+    with caplog.at_level(logging.WARNING, logger="emotibatch.inference.registry"):
         resolve_card(card)
         resolve_card(card)
     notices = [r for r in caplog.records if "non-commercial research only" in r.getMessage()]

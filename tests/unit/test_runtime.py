@@ -10,8 +10,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from emotibatch import runtime
-from emotibatch.preprocess import normalisation_lut
+from emotibatch.inference import runtime
+from emotibatch.inference.preprocess import normalisation_lut
 
 LUT = normalisation_lut((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 

@@ -1,4 +1,4 @@
-"""Input listing, manifests, frame folders and the video_id rule (emotibatch.sources)."""
+"""Input listing, manifests, frame folders and the video_id rule (emotibatch.io.sources)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from emotibatch.sources import VideoSource, list_sources, redact_uri
+from emotibatch.io.sources import VideoSource, list_sources, redact_uri
 
 
 def touch(root: Path, *names: str) -> None:

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from emotibatch import standins
+from emotibatch.testing import standins
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emotibatch.track import assign_tracks, count_tracks
+from emotibatch.extract.track import assign_tracks, count_tracks
 
 
 def box(x: float, y: float = 0.0, side: float = 100.0) -> list[float]:

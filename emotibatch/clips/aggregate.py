@@ -31,9 +31,10 @@ from ray.data import Datasink
 from ray.data.block import Block, BlockAccessor
 from ray.data.datasource.datasink import WriteResult
 
-from emotibatch import __version__, pipeline, schema
-from emotibatch.redact import redact_uri
-from emotibatch.sink import Output, video_key
+from emotibatch import __version__, schema
+from emotibatch.extract import pipeline
+from emotibatch.extract.output import Output, video_key
+from emotibatch.io.redact import redact_uri
 
 RecipeName = Literal["afew", "vgaf", "engagewild"]
 # What a descriptor means, hence what a model trained on it depends on; windows and tracks only group rows.

@@ -47,7 +47,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, MultipleLocator
 
 from emotibatch import __version__, schema
-from emotibatch.decode import (
+from emotibatch.extract.decode import (
     SEEKABLE_EXTENSIONS,
     DecodeError,
     Sampling,
@@ -56,9 +56,9 @@ from emotibatch.decode import (
     decode_segment,
     sample_indices,
 )
-from emotibatch.redact import redact_uri
-from emotibatch.sink import SETTINGS_FILE, Output, video_key
-from emotibatch.sources import VideoSource
+from emotibatch.extract.output import SETTINGS_FILE, Output, video_key
+from emotibatch.io.redact import redact_uri
+from emotibatch.io.sources import VideoSource
 
 __all__ = [
     "ENGAGEMENT_COLUMNS",

@@ -1,6 +1,6 @@
 """Generated sample inputs for the demo, the tests and the benchmarks.
 
-A "face" here is what the stand-in detector (`emotibatch.standins`) finds: a white square of side 16, 32
+A "face" here is what the stand-in detector (`emotibatch.testing.standins`) finds: a white square of side 16, 32
 or 64 px on a black background, centred on a multiple of side / 2 (the detector's anchor stride), painted
 by `standins.draw_face`. A `FaceTrack` moves such a square linearly between two centres; positions are
 snapped to the stride at every frame so that each drawn square stays detectable (sizes are in frame
@@ -28,9 +28,9 @@ import numpy as np
 import pyarrow as pa
 
 from emotibatch import schema
-from emotibatch.registry import CLASSES_8
-from emotibatch.sink import Output
-from emotibatch.standins import FACE_SIDES, draw_face
+from emotibatch.extract.output import Output
+from emotibatch.inference.registry import CLASSES_8
+from emotibatch.testing.standins import FACE_SIDES, draw_face
 
 STAMP_BITS = 16
 STAMP_ROWS = 8

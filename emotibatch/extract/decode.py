@@ -57,8 +57,8 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 
-from emotibatch import storage
-from emotibatch.sources import IMAGE_EXTENSIONS, VideoSource, is_local, open_fs
+from emotibatch.io import storage
+from emotibatch.io.sources import IMAGE_EXTENSIONS, VideoSource, is_local, open_fs
 
 Backend = Literal["decord", "pyav"]
 # Containers with a frame index, where decord's get_batch gave exactly the frames of sequential decoding

@@ -25,8 +25,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from emotibatch import storage
-from emotibatch.redact import redact_uri
+from emotibatch.io import storage
+from emotibatch.io.redact import redact_uri
 
 SETTINGS_FILE = "_emotibatch.json"
 STAGING = "_staging"

@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 
 import fsspec
 
-from emotibatch.redact import redact_uri
+from emotibatch.io.redact import redact_uri
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@
    interrupted run are not redone.
 3. One streaming Ray Data chain over the segments: decode the sampled frames in CPU tasks, then one
    actor pool holding the face detector and the emotion model (`FaceStage`; GPU where present), then
-   staging tasks (sink.py), one file per segment piece. The driver follows which frames are staged.
+   staging tasks (output.py), one file per segment piece. The driver follows which frames are staged.
 4. The per-video pass (Ray tasks), started for each video as soon as its last frame is staged: read a
    video's staged frames, check that every sampled frame is there, link faces into tracks (track.py),
    write `faces/` and the video's `videos/` row, drop its staging. A video with any failure gets a failed
@@ -28,13 +28,20 @@ import ray
 
 from emotibatch import __version__, schema
 from emotibatch.config import ExtractConfig
-from emotibatch.decode import FRAMES_PER_BLOCK, Segment, VideoJob, decode_blocks, plan_video, work_item
-from emotibatch.detect import FaceDetector
-from emotibatch.embed import EmotionModel
-from emotibatch.faces import FaceStage
-from emotibatch.finalize import finalize_video
-from emotibatch.sink import Output, stage_block
-from emotibatch.sources import VideoSource, list_sources
+from emotibatch.extract.decode import (
+    FRAMES_PER_BLOCK,
+    Segment,
+    VideoJob,
+    decode_blocks,
+    plan_video,
+    work_item,
+)
+from emotibatch.extract.face_stage import FaceStage
+from emotibatch.extract.finalize import finalize_video
+from emotibatch.extract.output import Output, stage_block
+from emotibatch.inference.detect import FaceDetector
+from emotibatch.inference.embed import EmotionModel
+from emotibatch.io.sources import VideoSource, list_sources
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ import fsspec
 import onnx
 from fsspec.implementations.local import LocalFileSystem
 
-from emotibatch.redact import redact_uri
+from emotibatch.io.redact import redact_uri
 
 __all__ = [
     "CACHE_ENV",

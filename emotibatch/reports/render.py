@@ -27,11 +27,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from emotibatch import schema
-from emotibatch.decode import DecodeError, Sampling, Segment, decode_segment, probe, sample_indices
-from emotibatch.redact import redact_uri
-from emotibatch.report import colors, read_settings
-from emotibatch.sink import Output, video_key
-from emotibatch.sources import VideoSource, is_local
+from emotibatch.extract.decode import DecodeError, Sampling, Segment, decode_segment, probe, sample_indices
+from emotibatch.extract.output import Output, video_key
+from emotibatch.io.redact import redact_uri
+from emotibatch.io.sources import VideoSource, is_local
+from emotibatch.reports.report import colors, read_settings
 
 __all__ = ["RenderResult", "draw_faces", "render_clip"]
 

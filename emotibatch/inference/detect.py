@@ -20,11 +20,11 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from emotibatch import registry
 from emotibatch.config import Device
-from emotibatch.preprocess import SCRFD_LUT, check_images, letterbox
-from emotibatch.redact import redact_uri
-from emotibatch.runtime import Runner, make_runner
+from emotibatch.inference import registry
+from emotibatch.inference.preprocess import SCRFD_LUT, check_images, letterbox
+from emotibatch.inference.runtime import Runner, make_runner
+from emotibatch.io.redact import redact_uri
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ import onnx
 from onnx import numpy_helper
 from threadpoolctl import ThreadpoolController
 
-from emotibatch import registry
 from emotibatch.config import Device
-from emotibatch.preprocess import check_images, normalisation_lut, resize_crop
-from emotibatch.redact import redact_uri
-from emotibatch.runtime import Runner, make_runner
+from emotibatch.inference import registry
+from emotibatch.inference.preprocess import check_images, normalisation_lut, resize_crop
+from emotibatch.inference.runtime import Runner, make_runner
+from emotibatch.io.redact import redact_uri
 
 # Faces per onnxruntime call. On the CPU 16 ran as fast as 32 and 16% faster than 64 (cache), with a
 # third of 64's peak RSS (531 against 1,669 MiB, EfficientNet-B0; docs/benchmarks.md).

@@ -40,7 +40,7 @@ from sklearn.svm import SVC, SVR, LinearSVC
 from sklearn.utils.validation import check_is_fitted
 
 from emotibatch import __version__, schema
-from emotibatch.aggregate import (
+from emotibatch.clips.aggregate import (
     RECIPE_IDENTITY,
     Recipe,
     RecipeName,
@@ -50,9 +50,9 @@ from emotibatch.aggregate import (
     load_descriptors,
     read_descriptors,
 )
-from emotibatch.labels import JoinReport, Kind, LabelSet, join, read_labels
-from emotibatch.redact import redact_uri
-from emotibatch.sink import Output
+from emotibatch.clips.labels import JoinReport, Kind, LabelSet, join, read_labels
+from emotibatch.extract.output import Output
+from emotibatch.io.redact import redact_uri
 
 Task = Literal["afew", "vgaf", "engagewild", "daisee", "generic"]
 MODEL_FILE, CARD_FILE, METRICS_FILE = "model.skops", "model_card.json", "metrics.json"

@@ -3,7 +3,7 @@
 It runs as a Ray task per video, as soon as the video's last sampled frame is staged. Every sampled
 frame must be there, once (a retried task may have staged a piece twice); a video with a decode error
 or a missing frame gets a failed row and no faces. Committing writes `faces/` first, then the video's
-`videos/` row, then drops its staging (sink.Output.commit_video), so a rerun redoes exactly the videos
+`videos/` row, then drops its staging (output.Output.commit_video), so a rerun redoes exactly the videos
 without an ok row.
 """
 
@@ -14,9 +14,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from emotibatch import schema
-from emotibatch.decode import VideoJob
-from emotibatch.sink import Output
-from emotibatch.track import assign_tracks, count_tracks
+from emotibatch.extract.decode import VideoJob
+from emotibatch.extract.output import Output
+from emotibatch.extract.track import assign_tracks, count_tracks
 
 
 def finalize_video(job: VideoJob, output: Output, faces_schema: pa.Schema, run_id: str) -> dict:

@@ -14,9 +14,9 @@ import pyarrow as pa
 
 from emotibatch import schema
 from emotibatch.config import ExtractConfig
-from emotibatch.detect import FaceDetector
-from emotibatch.embed import EmotionModel
-from emotibatch.preprocess import crop_faces
+from emotibatch.inference.detect import FaceDetector
+from emotibatch.inference.embed import EmotionModel
+from emotibatch.inference.preprocess import crop_faces
 
 
 class FaceStage:

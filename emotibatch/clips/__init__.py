@@ -1,0 +1,1 @@
+"""Clip-level stage on an extract's faces: descriptors (aggregate), corpus labels, classifiers."""

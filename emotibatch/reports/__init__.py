@@ -1,0 +1,1 @@
+"""What a person looks at: HTML reports and preview clips."""

@@ -1,0 +1,1 @@
+"""Generated stand-in models and sample videos for tests, benchmarks and the offline demo."""
