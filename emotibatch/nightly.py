@@ -206,12 +206,12 @@ class FittedEngagement:
             per_track=True,
             emotion_probs=card["recipe"]["emotion_probs"],
         )
-        meta = schema.read_metadata(faces.schema)
+        provenance = schema.Provenance.from_schema(faces.schema)
         dim = faces.schema.field("features").type.list_size
-        width = recipe.width(dim, len(meta.get("classes") or []))
+        width = recipe.width(dim, len(provenance.classes))
         descriptors = describe_video(video_id, faces, recipe, width, duration_s)
         descriptors = descriptors.filter(descriptors["has_faces"])
-        info = {"recipe": recipe.params(), "emotion_model": emotion_model(meta, dim)}
+        info = {"recipe": recipe.params(), "emotion_model": emotion_model(provenance, dim)}
         descriptors = descriptors.cast(schema.with_metadata(descriptors.schema, info))
         predicted = self.model.predict(descriptors)
         if card["kind"] == "regression":
@@ -248,7 +248,8 @@ def load_engagement(model: str, extract: ExtractConfig, window_s: float = 60.0) 
     if (Path(model) / CARD_FILE).is_file():
         fitted = ClipModel.load(model)
         card = fitted.card_
-        got = {"model": extract.public()["model"], "model_sha256": emotion.sha256}
+        # The emotion model alone decides the features: no detector is loaded for this check.
+        got = schema.Provenance(settings.classes, extract.public()["model"], emotion.sha256, None, None)
         problem = emotion_model_mismatch(card["emotion_model"], emotion_model(got, settings.feature_dim))
         if problem:
             raise ValueError(
@@ -312,7 +313,7 @@ def summarize_lecture(
 ) -> tuple[pa.Table, pa.Table, pa.Table | None]:
     """The lecture row, its track rows and (with an engagement model) its timelines, from its faces
     table (with its schema metadata) and its videos row."""
-    classes = schema.read_metadata(faces.schema)["classes"]
+    classes = list(schema.Provenance.from_schema(faces.schema).classes)
     video_id = video["video_id"]
     labels = np.asarray(faces["emotion"].to_pylist(), dtype=object)
     timeline, notes = engagement.timelines(video_id, faces, video["duration_s"]) if engagement else (None, {})

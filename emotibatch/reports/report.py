@@ -838,12 +838,12 @@ def overview_sections(
     counts: Mapping[str, int],
     dominant: Mapping[str, str],
     classes: Sequence[str],
-    models: Mapping[str, Any],
+    provenance: schema.Provenance | None,
 ) -> list[Section]:
     """The run's sections: totals and runs, models and options, failed inputs, emotions, videos.
 
     `shown` maps the reported videos' ids to their anchors; `counts` are their faces per emotion and
-    `dominant` their most frequent emotions; `models` is a faces file's metadata (model, detector).
+    `dominant` their most frequent emotions; `provenance` is a faces file's (None without faces files).
     """
     rows = sorted(videos.to_pylist(), key=lambda r: r["video_id"])
     ok = [r for r in rows if r["status"] == "ok"]
@@ -852,11 +852,16 @@ def overview_sections(
     sections = [_run_section(rows, ok, failed, runs_)]
 
     settings = json.loads(runs_[-1]["settings"]) if runs_ else {}
-    facts = [
-        ("emotion model", models.get("model") or settings.get("model") or "-"),
-        ("face detector", models.get("detector") or settings.get("detector") or "-"),
-        ("classes", ", ".join(classes) or "-"),
-    ]
+
+    def model(given: str | None, sha256: str | None) -> str:
+        return "-" if not given else f"{given} (sha256 {sha256})" if sha256 else given
+
+    if provenance is not None:
+        emotion = model(provenance.model, provenance.model_sha256)
+        detector = model(provenance.detector, provenance.detector_sha256)
+    else:  # no faces file (every video failed): the run's settings still name the models
+        emotion, detector = model(settings.get("model"), None), model(settings.get("detector"), None)
+    facts = [("emotion model", emotion), ("face detector", detector), ("classes", ", ".join(classes) or "-")]
     body = [_key_values(facts)]
     if runs_:
         body.append(f"<h3>Options of run {_e(runs_[-1]['run_id'])}</h3>")
@@ -1085,19 +1090,19 @@ def build_report(
 
     anchors = {v: f"v{i}" for i, v in enumerate(chosen, 1)}
     columns = FACE_COLUMNS + (THUMBNAIL_COLUMNS if thumbnails else [])
-    sections, counts, dominant, models = [], {}, {}, {}
+    sections, counts, dominant, provenance = [], {}, {}, None
     for video_id in chosen:
         row = rows[video_id]
         path = output.join("faces", f"{video_key(video_id)}.parquet")
         summary = thumbs = None
         if row["status"] == "ok" and output.fs.exists(path):
             faces = pq.read_table(path, columns=columns, filesystem=output.fs)
-            meta = schema.read_metadata(faces.schema)
-            models = models or meta
+            made_by = schema.Provenance.from_schema(faces.schema)
+            provenance = provenance or made_by
             if len(faces):
                 summary = summarize_video(
                     faces,
-                    meta.get("classes") or sorted(set(faces["emotion"].to_pylist())),
+                    made_by.classes,
                     duration_s=row.get("duration_s"),
                     fps=row.get("fps"),
                     sampled_frames=_sampled_frames(row, settings),
@@ -1130,9 +1135,9 @@ def build_report(
             for name, n in summary.counts.items():
                 counts[name] = counts.get(name, 0) + n
             dominant[video_id] = max(summary.counts, key=summary.counts.get)
-    classes = list(models.get("classes") or sorted(counts))
+    classes = list(provenance.classes) if provenance else sorted(counts)
     overview = overview_sections(
-        table, runs, shown=anchors, counts=counts, dominant=dominant, classes=classes, models=models
+        table, runs, shown=anchors, counts=counts, dominant=dominant, classes=classes, provenance=provenance
     )
     reported = [rows[v] for v in chosen]
     summary_ = {
