@@ -8,6 +8,7 @@ import pyarrow as pa
 import pytest
 
 from emotibatch import schema
+from emotibatch.reports import report
 
 FACES = schema.faces_schema(3, 4, "float32")
 SETTINGS = {"sampling": {"mode": "every", "value": 5}, "model": "enet_b0_8_best_vgaf"}
@@ -67,3 +68,14 @@ def test_it_is_checked_where_it_is_made(fields: dict, message: str) -> None:
     given = {"classes": ("Neutral",), "model": "m", "model_sha256": None, "detector": None} | fields
     with pytest.raises(ValueError, match=message):
         schema.Provenance(detector_sha256=given.pop("detector_sha256", None), **given)
+
+
+def test_the_report_names_both_model_files() -> None:
+    row = {"video_id": "v", "source_uri": "v.mp4", "status": "ok", "run_id": "r1"}
+    videos = pa.Table.from_pylist([row], schema=schema.VIDEOS_BASE)
+    provenance = schema.Provenance(("Neutral",), "enet_b0_8_best_vgaf", "a" * 64, "det_10g", "b" * 64)
+    sections = report.overview_sections(
+        videos, None, shown={}, counts={}, dominant={}, classes=["Neutral"], provenance=provenance
+    )
+    models = next(s for s in sections if s.anchor == "models").html()
+    assert f"enet_b0_8_best_vgaf (sha256 {'a' * 64})" in models and f"det_10g (sha256 {'b' * 64})" in models
