@@ -14,10 +14,9 @@ from emotibatch.schema import FeaturesDtype
 Device = Literal["auto", "cpu", "cuda"]
 DEVICES = ("auto", "cpu", "cuda")
 
-# Settings that change what a row says; an output made with other values is not resumed into.
+# Settings that change what a row says; an output made with other values is not resumed into. The models
+# are not here by name: `pipeline.prepare` adds their files' sha256, as the same file may be spelt many ways.
 IDENTITY = (
-    "model",
-    "detector",
     "sampling",
     "det_size",
     "det_thresh",
@@ -100,7 +99,8 @@ class ExtractConfig:
             raise ValueError("; ".join(problems))
 
     def identity(self) -> dict[str, Any]:
-        """The settings an existing output must have been made with to be resumed."""
+        """The settings an existing output must have been made with to be resumed, but for the models
+        (their spelling is no identity: `pipeline.prepare` adds their files' sha256)."""
         public = self.public()
         return {k: public[k] for k in IDENTITY}
 

@@ -86,6 +86,7 @@ from emotibatch.inference.engagement import (
 from emotibatch.io.redact import redact_uri
 from emotibatch.io.sources import VIDEO_EXTENSIONS, is_local, uri_of
 from emotibatch.reports import report
+from emotibatch.reports.summary import summarize_engagement
 
 log = logging.getLogger(__name__)
 
@@ -206,12 +207,12 @@ class FittedEngagement:
             per_track=True,
             emotion_probs=card["recipe"]["emotion_probs"],
         )
-        meta = schema.read_metadata(faces.schema)
+        provenance = schema.Provenance.from_schema(faces.schema)
         dim = faces.schema.field("features").type.list_size
-        width = recipe.width(dim, len(meta.get("classes") or []))
+        width = recipe.width(dim, len(provenance.classes))
         descriptors = describe_video(video_id, faces, recipe, width, duration_s)
         descriptors = descriptors.filter(descriptors["has_faces"])
-        info = {"recipe": recipe.params(), "emotion_model": emotion_model(meta, dim)}
+        info = {"recipe": recipe.params(), "emotion_model": emotion_model(provenance, dim)}
         descriptors = descriptors.cast(schema.with_metadata(descriptors.schema, info))
         predicted = self.model.predict(descriptors)
         if card["kind"] == "regression":
@@ -248,7 +249,8 @@ def load_engagement(model: str, extract: ExtractConfig, window_s: float = 60.0) 
     if (Path(model) / CARD_FILE).is_file():
         fitted = ClipModel.load(model)
         card = fitted.card_
-        got = {"model": extract.public()["model"], "model_sha256": emotion.sha256}
+        # The emotion model alone decides the features: no detector is loaded for this check.
+        got = schema.Provenance(settings.classes, extract.public()["model"], emotion.sha256, None, None)
         problem = emotion_model_mismatch(card["emotion_model"], emotion_model(got, settings.feature_dim))
         if problem:
             raise ValueError(
@@ -311,22 +313,14 @@ def summarize_lecture(
     engagement: Engagement | None = None,
 ) -> tuple[pa.Table, pa.Table, pa.Table | None]:
     """The lecture row, its track rows and (with an engagement model) its timelines, from its faces
-    table (with its schema metadata) and its videos row."""
-    classes = schema.read_metadata(faces.schema)["classes"]
+    table (with its schema metadata) and its videos row. Engagement per track and per lecture are
+    `reports.summary`'s, the numbers the report shows."""
+    classes = list(schema.Provenance.from_schema(faces.schema).classes)
     video_id = video["video_id"]
     labels = np.asarray(faces["emotion"].to_pylist(), dtype=object)
     timeline, notes = engagement.timelines(video_id, faces, video["duration_s"]) if engagement else (None, {})
-    per_track = {}
-    if timeline is not None and len(timeline):
-        values = timeline.group_by("track_id").aggregate([("score", "mean"), ("score", "count")])
-        per_track = {
-            t: (m, n)
-            for t, m, n in zip(
-                values["track_id"].to_pylist(),
-                values["score_mean"].to_pylist(),
-                values["score_count"].to_pylist(),
-            )
-        }
+    scored = summarize_engagement(timeline, "score") if timeline is not None else None
+    per_track = scored.tracks if scored is not None else {}
     tracks = []
     all_times = faces["timestamp_s"].to_numpy()
     for track, idx in _tracks(faces):
@@ -362,7 +356,7 @@ def summarize_lecture(
         "valence_mean": _mean(faces["valence"], everything) if len(faces) else None,
         "arousal_mean": _mean(faces["arousal"], everything) if len(faces) else None,
         "engagement_model": engagement.name if engagement else None,
-        "engagement_mean": pc.mean(timeline["score"]).as_py() if timeline is not None else None,
+        "engagement_mean": scored.room if scored is not None else None,
         "engagement_tracks_scored": len(per_track) if engagement else None,
         "engagement_tracks_unscored": len(tracks) - len(per_track) if engagement else None,
     }

@@ -6,13 +6,16 @@ Tables under an extract output:
 - `runs/`: one row per run (`RUNS`).
 `FRAMES` is internal: one row per sampled frame with its faces nested, as staged between extraction and
 the per-video pass that tracks faces and writes `faces/`.
-Class names, models and the run's settings (credentials removed) travel as JSON under `METADATA_KEY`.
+What made a faces table (`Provenance`: classes, both models' files, the run's settings with credentials
+removed) travels as JSON under `METADATA_KEY`; so does the provenance of aggregate and predict outputs.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -56,14 +59,83 @@ def features_type(dtype: FeaturesDtype) -> pa.DataType | None:
     return {"float32": pa.float32(), "float16": pa.float16(), "none": None}[dtype]
 
 
-def with_metadata(schema: pa.Schema, info: dict[str, Any]) -> pa.Schema:
+def with_metadata(schema: pa.Schema, info: Mapping[str, Any]) -> pa.Schema:
+    """`schema` carrying `info` as JSON under `METADATA_KEY` (aggregate and predict outputs)."""
     return schema.with_metadata({METADATA_KEY: json.dumps(info, sort_keys=True).encode()})
 
 
 def read_metadata(schema: pa.Schema) -> dict[str, Any]:
-    """The provenance written by `with_metadata`, or {} for a table that has none."""
+    """The JSON written by `with_metadata`, or {} for a table that has none."""
     raw = (schema.metadata or {}).get(METADATA_KEY)
     return json.loads(raw) if raw else {}
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What made a faces table, in its schema metadata: written by `on`, read by `from_schema`.
+
+    The models are identified by their files' sha256 (the same file under another name or path is the
+    same model; a file replaced in place is another); `model` and `detector` say how they were given
+    (a registry name, or a path or URI with credentials removed), for people. `detector` and
+    `detector_sha256` are None for face crops (`--faces-cropped`) and, like `model_sha256`, in outputs
+    written before emotibatch recorded them. `settings` is the run's `ExtractConfig.public()`.
+    """
+
+    classes: tuple[str, ...]
+    model: str
+    model_sha256: str | None
+    detector: str | None
+    detector_sha256: str | None
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    emotibatch: str | None = None  # the version that wrote the table
+    run_id: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", tuple(self.classes))
+        if not self.classes or not all(isinstance(c, str) and c for c in self.classes):
+            raise ValueError(f"provenance needs the model's class names, got {list(self.classes)}")
+        for name in ("model_sha256", "detector_sha256"):
+            value = getattr(self, name)
+            if value is not None and not _SHA256.fullmatch(value):
+                raise ValueError(f"provenance {name} must be a lowercase sha256 hex digest, got {value!r}")
+
+    def on(self, schema: pa.Schema) -> pa.Schema:
+        """`schema` carrying this provenance."""
+        info = {
+            "emotibatch": self.emotibatch,
+            "run_id": self.run_id,
+            "classes": list(self.classes),
+            "model": self.model,
+            "model_sha256": self.model_sha256,
+            "detector": self.detector,
+            "detector_sha256": self.detector_sha256,
+            "settings": dict(self.settings),
+        }
+        return with_metadata(schema, info)
+
+    @classmethod
+    def from_schema(cls, schema: pa.Schema) -> Provenance:
+        """The provenance of a faces table, also one written before the sha256s were recorded; ValueError
+        for a table without it (not written by `emotibatch extract`)."""
+        info = read_metadata(schema)
+        if "classes" not in info:
+            raise ValueError(
+                "this faces table carries no emotibatch provenance (class names, models): read a faces/ "
+                "file written by `emotibatch extract`"
+            )
+        return cls(
+            classes=tuple(info["classes"]),
+            model=str(info.get("model") or "unknown"),
+            model_sha256=info.get("model_sha256"),
+            detector=info.get("detector"),
+            detector_sha256=info.get("detector_sha256"),
+            settings=info.get("settings") or {},
+            emotibatch=info.get("emotibatch"),
+            run_id=info.get("run_id"),
+        )
 
 
 def faces_schema(n_classes: int, feature_dim: int, features: FeaturesDtype) -> pa.Schema:

@@ -250,16 +250,16 @@ def _plan(features: str, recipe: Recipe, storage_options: dict | None) -> _Plan:
             f"{redact_uri(features)} holds no feature vectors: it was extracted with --features-dtype none. The recipes "
             "need them: run `emotibatch extract` again with --features-dtype float32 or float16"
         )
-    meta = schema.read_metadata(faces_schema)
+    provenance = schema.Provenance.from_schema(faces_schema)
     feature_dim = faces_schema.field("features").type.list_size
-    classes = meta.get("classes") or []
-    width = recipe.width(feature_dim, len(classes))
+    width = recipe.width(feature_dim, len(provenance.classes))
     info = {
         "emotibatch": __version__,
         "recipe": recipe.params(),
-        "emotion_model": emotion_model(meta, feature_dim),
-        "detector": meta.get("detector"),
-        "sampling": (meta.get("settings") or {}).get("sampling"),
+        "emotion_model": emotion_model(provenance, feature_dim),
+        "detector": provenance.detector,
+        "detector_sha256": provenance.detector_sha256,
+        "sampling": provenance.settings.get("sampling"),
         "features": redact_uri(features),
         "features_dtype": str(faces_schema.field("features").type.value_type),
     }
@@ -269,19 +269,18 @@ def _plan(features: str, recipe: Recipe, storage_options: dict | None) -> _Plan:
     return _Plan(source, recipe, sorted(items, key=lambda i: i["video_id"]), tuple(failed), width, out_schema)
 
 
-def emotion_model(faces_meta: Mapping[str, Any], feature_dim: int) -> dict[str, Any]:
+def emotion_model(provenance: schema.Provenance, feature_dim: int) -> dict[str, Any]:
     """The emotion model behind a faces table, as models trained on its descriptors record it.
 
     `name` is the model's file stem, so a registry name and a path to the same file agree; `sha256` is
     its file's, where the extract recorded it.
     """
-    model = str(faces_meta.get("model") or "unknown")
-    name = PurePosixPath(model.rstrip("/")).name.removesuffix(".onnx")
+    name = PurePosixPath(provenance.model.rstrip("/")).name.removesuffix(".onnx")
     return {
         "name": name,
-        "model": model,
-        "sha256": faces_meta.get("model_sha256"),
-        "classes": faces_meta.get("classes"),
+        "model": provenance.model,
+        "sha256": provenance.model_sha256,
+        "classes": list(provenance.classes),
         "feature_dim": feature_dim,
     }
 

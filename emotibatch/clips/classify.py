@@ -292,6 +292,7 @@ class ClipModel(BaseEstimator):
             "recipe": meta["recipe"],
             "emotion_model": meta["emotion_model"],
             "detector": meta.get("detector"),
+            "detector_sha256": meta.get("detector_sha256"),  # None where the descriptors predate it
             "sampling": meta.get("sampling"),
             "features": meta.get("features"),
             "descriptor_width": train.X.shape[1],
@@ -360,7 +361,7 @@ class ClipModel(BaseEstimator):
             for j, name in enumerate(classes):
                 table = table.append_column(f"{prefix}_{name}", column(scores[:, j], pa.float32()))
         info = {k: self.card_[k] for k in ("emotibatch", "task", "recipe", "emotion_model", "classes")}
-        return table.replace_schema_metadata({schema.METADATA_KEY: json.dumps(info, sort_keys=True).encode()})
+        return table.cast(schema.with_metadata(table.schema, info))
 
     def save(self, model_dir: str | Path) -> None:
         """MODEL_DIR/model.skops, model_card.json, metrics.json and the plot of the held-out predictions."""

@@ -68,7 +68,8 @@ def _faces_table(job: VideoJob, staged: pa.Table | None, faces_schema: pa.Schema
         frame_index, schema.as_matrix(bbox), sampled_frames=np.asarray(job.indices, np.int64)
     )
     probs = pc.list_flatten(staged["emotion_probs"])
-    labels = np.array(schema.read_metadata(faces_schema)["classes"])[schema.as_matrix(probs).argmax(axis=1)]
+    classes = np.array(schema.Provenance.from_schema(faces_schema).classes)
+    labels = classes[schema.as_matrix(probs).argmax(axis=1)]
     n = len(frame_index)
     columns = {
         "video_id": pa.array([job.source.video_id] * n, pa.string()),

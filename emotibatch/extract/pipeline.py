@@ -141,27 +141,31 @@ def prepare(config: ExtractConfig) -> Plan:
     common = dict(device="cpu", model_dir=config.model_dir, storage_options=config.storage_options)
     model = EmotionModel.load(config.model, **common)
     settings = model.settings
+    detector = None
     if not config.faces_cropped:
-        FaceDetector.load(config.detector, input_size=config.det_size, **common)
+        detector = FaceDetector.load(config.detector, input_size=config.det_size, **common)
     public = config.public()
-    info = {
-        "emotibatch": __version__,
-        "run_id": run_id,
-        "classes": list(settings.classes),
-        "model": public["model"],
-        "model_sha256": model.sha256,
-        "detector": None if config.faces_cropped else public["detector"],
-        "settings": public,
-    }
+    provenance = schema.Provenance(
+        classes=settings.classes,
+        model=public["model"],
+        model_sha256=model.sha256,
+        detector=None if detector is None else public["detector"],
+        detector_sha256=None if detector is None else detector.sha256,
+        settings=public,
+        emotibatch=__version__,
+        run_id=run_id,
+    )
     n_classes, dim = len(settings.classes), settings.feature_dim
-    faces_schema = schema.with_metadata(schema.faces_schema(n_classes, dim, config.features_dtype), info)
+    faces_schema = provenance.on(schema.faces_schema(n_classes, dim, config.features_dtype))
     frames_schema = schema.frames_schema(n_classes, dim, config.features_dtype)
     sources = list_sources(
         config.inputs, frame_folders=config.frame_folders, storage_options=config.storage_options
     )
     output = Output(config.output, config.storage_options)
-    # The model's file, not only its name: a replaced file would mix two models' features in one output.
-    output.check_settings(config.identity() | {"model_sha256": model.sha256}, overwrite=config.overwrite)
+    # The models' files, not their names: a file replaced in place would mix two models' rows in one
+    # output, while the same file named by another path is the same model.
+    models = {"model_sha256": model.sha256, "detector_sha256": provenance.detector_sha256}
+    output.check_settings(config.identity() | models, overwrite=config.overwrite)
     return Plan(config, output, tuple(sources), faces_schema, frames_schema, run_id, started)
 
 

@@ -177,9 +177,11 @@ class FaceDetector:
         det_thresh: float,
         nms_thresh: float,
         batch_size: int,
+        sha256: str,
     ) -> None:
         self.runner = runner
         self.name = name
+        self.sha256 = sha256  # of the model file: two files may share a name but not their boxes
         self.input_size = input_size
         self.det_thresh = det_thresh
         self.nms_thresh = nms_thresh
@@ -212,7 +214,7 @@ class FaceDetector:
             )
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        card, proto, _ = registry.load_onnx(
+        card, proto, path = registry.load_onnx(
             str(model), "detector", cache_dir=cache_dir, model_dir=model_dir, storage_options=storage_options
         )
         source = redact_uri(str(model))
@@ -231,7 +233,13 @@ class FaceDetector:
             _set_input_shape(g, batch, size)
             return make_runner(g, SCRFD_LUT, device=device, num_threads=num_threads, name=name)
 
-        kwargs = dict(name=name, input_size=size, det_thresh=det_thresh, nms_thresh=nms_thresh)
+        kwargs = dict(
+            name=name,
+            input_size=size,
+            det_thresh=det_thresh,
+            nms_thresh=nms_thresh,
+            sha256=registry.file_sha256(path),
+        )
         per_frame = cls(runner_for(proto, 1), batch_size=1, **kwargs)
         if _rank(proto.graph.output[0]) == 3:
             batched_graph = proto

@@ -136,9 +136,7 @@ def render_clip(
     if sampled is None:  # no settings recorded: faces stay until the next frame that has faces
         sampled = np.unique(faces["frame_index"].to_numpy()) if faces is not None else np.zeros(0, np.int64)
     by_frame = _faces_by_frame(faces)
-    palette = (
-        colors(list(schema.read_metadata(faces.schema).get("classes") or [])) if faces is not None else {}
-    )
+    palette = colors(list(schema.Provenance.from_schema(faces.schema).classes)) if faces is not None else {}
 
     target_fs, target = fsspec.core.url_to_fs(output, **(storage_options or {}))
     with tempfile.TemporaryDirectory() as scratch:

@@ -59,6 +59,7 @@ from emotibatch.extract.decode import (
 from emotibatch.extract.output import SETTINGS_FILE, Output, video_key
 from emotibatch.io.redact import redact_uri
 from emotibatch.io.sources import VideoSource
+from emotibatch.reports.summary import summarize_engagement, tracks_of, window_series
 
 __all__ = [
     "ENGAGEMENT_COLUMNS",
@@ -488,30 +489,6 @@ def _label(track: int | None, whole: str) -> str:
     return whole if track is None else f"#{track}"
 
 
-def _tracks_of(table: pa.Table) -> list[int | None]:
-    return table["track_id"].to_pylist() if "track_id" in table.column_names else [None] * len(table)
-
-
-def _series(table: pa.Table, value: str) -> dict[int | None, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """{track_id (None: the whole clip): (window starts, window ends, values)} in time order, nulls left
-    out; the whole clip first, then tracks by id."""
-    rows = zip(
-        _tracks_of(table),
-        table["window_start_s"].to_pylist(),
-        table["window_end_s"].to_pylist(),
-        table[value].to_pylist(),
-    )
-    grouped: dict[int | None, list[tuple[float, float, Any]]] = {}
-    for track, start, end, v in rows:
-        if v is not None:
-            grouped.setdefault(track, []).append((start, end, v))
-    series = {}
-    for track in sorted(grouped, key=lambda t: (t is not None, t or 0)):
-        starts, ends, values = zip(*sorted(grouped[track], key=lambda w: w[0]))
-        series[track] = (np.array(starts), np.array(ends), np.array(values))
-    return series
-
-
 def _pooled(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """At most MAX_POINTS points of a numeric series: means of consecutive points (display only)."""
     pool = math.ceil(len(x) / MAX_POINTS)
@@ -546,7 +523,7 @@ def engagement_column(table: pa.Table) -> str:
 
 
 def _engagement_html(table: pa.Table, end_s: float) -> str:
-    """Engagement per track and for the whole room: the clip's own rows, else the mean of the tracks."""
+    """Engagement per track and for the whole room, as `summary` defines them."""
     value = engagement_column(table)
     head = "<h3>Engagement</h3>"
     if not len(table):
@@ -554,23 +531,15 @@ def _engagement_html(table: pa.Table, end_s: float) -> str:
     if "window_start_s" not in table.column_names:
         rows = [
             (_label(t, "whole room"), _number(v, 2))
-            for t, v in zip(_tracks_of(table), table[value].to_pylist())
+            for t, v in zip(tracks_of(table), table[value].to_pylist())
         ]
         return head + _table(["who", value], rows, (1,))
-    series = _series(table, value)
-    tracks = {k: v for k, v in series.items() if k is not None}
-    if None in series:
-        room_starts, room_ends, room = series[None]
-        room_label = "whole room"
-    else:
-        by_window: dict[tuple[float, float], list[float]] = {}
-        for starts, ends, values in tracks.values():
-            for window, v in zip(zip(starts.tolist(), ends.tolist()), values.tolist()):
-                by_window.setdefault(window, []).append(v)
-        windows = sorted(by_window)
-        room_starts, room_ends = (np.array(w) for w in zip(*windows))
-        room = np.array([np.mean(by_window[w]) for w in windows])
-        room_label = "whole room (mean of the tracks present)"
+    summary = summarize_engagement(table, value)
+    if summary.room_curve is None:
+        return head + '<p class="note">The engagement output has no values for this video.</p>'
+    tracks = {k: v for k, v in summary.series.items() if k is not None}
+    room_starts, room_ends, room = summary.room_curve
+    room_label = "whole room" if None in summary.series else "whole room (mean of the tracks present)"
     fig, ax = _figure(2.6)
     for i, (starts, ends, values) in enumerate(tracks.values()):
         ax.plot(
@@ -583,8 +552,8 @@ def _engagement_html(table: pa.Table, end_s: float) -> str:
     ax.set_ylabel(value)
     _time_axis(ax, end_s)
     _legend(fig)
-    rows = [(room_label, len(room), _number(float(np.mean(room)), 2))] + [
-        (f"#{k}", len(v), _number(float(np.mean(v)), 2)) for k, (_, _, v) in tracks.items()
+    rows = [(room_label, len(room), _number(summary.room, 2))] + [
+        (f"#{k}", n, _number(mean, 2)) for k, (mean, n) in summary.tracks.items()
     ]
     return (
         head
@@ -606,19 +575,19 @@ def _predictions_html(table: pa.Table, title: str, end_s: float) -> str:
                 "no faces" if r["prediction"] is None else r["prediction"],
                 *(_number(r[c], 3) for c in extra),
             )
-            for t, r in zip(_tracks_of(table), table.to_pylist())
+            for t, r in zip(tracks_of(table), table.to_pylist())
         ]
         return head + _table(["who", "prediction", *extra], rows, range(2, 2 + len(extra)))
     if "score" in table.column_names:
         fig, ax = _figure(2.6)
-        for track, (starts, ends, values) in _series(table, "score").items():
+        for track, (starts, ends, values) in window_series(table, "score").items():
             x, y = _pooled((starts + ends) / 2, values)
             ax.plot(x, y, linewidth=1.8 if track is None else 0.9, label=_label(track, "whole clip"))
         ax.set_ylabel("score")
         _time_axis(ax, end_s)
         _legend(fig)
     else:
-        series = _series(table, "prediction")
+        series = window_series(table, "prediction")
         names = sorted({str(v) for _, _, values in series.values() for v in values})
         lanes = [
             (
@@ -838,12 +807,12 @@ def overview_sections(
     counts: Mapping[str, int],
     dominant: Mapping[str, str],
     classes: Sequence[str],
-    models: Mapping[str, Any],
+    provenance: schema.Provenance | None,
 ) -> list[Section]:
     """The run's sections: totals and runs, models and options, failed inputs, emotions, videos.
 
     `shown` maps the reported videos' ids to their anchors; `counts` are their faces per emotion and
-    `dominant` their most frequent emotions; `models` is a faces file's metadata (model, detector).
+    `dominant` their most frequent emotions; `provenance` is a faces file's (None without faces files).
     """
     rows = sorted(videos.to_pylist(), key=lambda r: r["video_id"])
     ok = [r for r in rows if r["status"] == "ok"]
@@ -852,11 +821,16 @@ def overview_sections(
     sections = [_run_section(rows, ok, failed, runs_)]
 
     settings = json.loads(runs_[-1]["settings"]) if runs_ else {}
-    facts = [
-        ("emotion model", models.get("model") or settings.get("model") or "-"),
-        ("face detector", models.get("detector") or settings.get("detector") or "-"),
-        ("classes", ", ".join(classes) or "-"),
-    ]
+
+    def model(given: str | None, sha256: str | None) -> str:
+        return "-" if not given else f"{given} (sha256 {sha256})" if sha256 else given
+
+    if provenance is not None:
+        emotion = model(provenance.model, provenance.model_sha256)
+        detector = model(provenance.detector, provenance.detector_sha256)
+    else:  # no faces file (every video failed): the run's settings still name the models
+        emotion, detector = model(settings.get("model"), None), model(settings.get("detector"), None)
+    facts = [("emotion model", emotion), ("face detector", detector), ("classes", ", ".join(classes) or "-")]
     body = [_key_values(facts)]
     if runs_:
         body.append(f"<h3>Options of run {_e(runs_[-1]['run_id'])}</h3>")
@@ -1085,19 +1059,19 @@ def build_report(
 
     anchors = {v: f"v{i}" for i, v in enumerate(chosen, 1)}
     columns = FACE_COLUMNS + (THUMBNAIL_COLUMNS if thumbnails else [])
-    sections, counts, dominant, models = [], {}, {}, {}
+    sections, counts, dominant, provenance = [], {}, {}, None
     for video_id in chosen:
         row = rows[video_id]
         path = output.join("faces", f"{video_key(video_id)}.parquet")
         summary = thumbs = None
         if row["status"] == "ok" and output.fs.exists(path):
             faces = pq.read_table(path, columns=columns, filesystem=output.fs)
-            meta = schema.read_metadata(faces.schema)
-            models = models or meta
+            made_by = schema.Provenance.from_schema(faces.schema)
+            provenance = provenance or made_by
             if len(faces):
                 summary = summarize_video(
                     faces,
-                    meta.get("classes") or sorted(set(faces["emotion"].to_pylist())),
+                    made_by.classes,
                     duration_s=row.get("duration_s"),
                     fps=row.get("fps"),
                     sampled_frames=_sampled_frames(row, settings),
@@ -1130,9 +1104,9 @@ def build_report(
             for name, n in summary.counts.items():
                 counts[name] = counts.get(name, 0) + n
             dominant[video_id] = max(summary.counts, key=summary.counts.get)
-    classes = list(models.get("classes") or sorted(counts))
+    classes = list(provenance.classes) if provenance else sorted(counts)
     overview = overview_sections(
-        table, runs, shown=anchors, counts=counts, dominant=dominant, classes=classes, models=models
+        table, runs, shown=anchors, counts=counts, dominant=dominant, classes=classes, provenance=provenance
     )
     reported = [rows[v] for v in chosen]
     summary_ = {

@@ -251,6 +251,8 @@ def write_synthetic_extract(
     fps: float = 10.0,
     features_dtype: schema.FeaturesDtype = "float32",
     model: str = "enet_b0_8_best_vgaf",
+    model_sha256: str | None = None,
+    detector_sha256: str | None = None,
     failed: Sequence[str] = (),
     seed: int = 0,
 ) -> None:
@@ -261,8 +263,8 @@ def write_synthetic_extract(
     """
     rng = np.random.default_rng(seed)
     dim = len(next(m for m in means.values() if m is not None))
-    info = {"classes": list(CLASSES_8), "model": model, "detector": "det_10g", "settings": {}}
-    faces_schema = schema.with_metadata(schema.faces_schema(len(CLASSES_8), dim, features_dtype), info)
+    provenance = schema.Provenance(CLASSES_8, model, model_sha256, "det_10g", detector_sha256)
+    faces_schema = provenance.on(schema.faces_schema(len(CLASSES_8), dim, features_dtype))
     out = Output(str(root))
     for video_id in failed:
         row = {"video_id": video_id, "source_uri": video_id, "status": "failed", "error": "cannot decode"}

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
+from pathlib import Path
 
 import fsspec
 import pytest
 from e2e import N_FRAMES, TRACKS, assert_faces_match, by_video, invoke, read_table, summary
 
+from emotibatch.config import ExtractConfig
 from emotibatch.extract import pipeline
-from emotibatch.testing import samples
+from emotibatch.testing import samples, standins
 
 SECRET, KEY, PASSWORD, SIGNATURE = "S3CR3T-VALUE", "AKIAEXAMPLEKEY", "p4ssw0rd", "SIGN4TURE"
 STORAGE_OPTIONS = json.dumps({"secret": SECRET, "key": KEY})
@@ -203,6 +206,23 @@ def test_input_that_matches_nothing_exits_2(no_job, model_args, tmp_path):
     result = invoke(["extract", tmp_path / "nothing-here", "-o", tmp_path / "out", *model_args], env=WIDE)
     assert result.exit_code == 2, result.output
     assert "not found" in result.output
+
+
+def test_resume_with_a_detector_replaced_in_place_exits_2(no_job, videos, models, tmp_path, monkeypatch):
+    """A detector's identity is its file: the same files under a relative path resume (tests/unit/
+    test_prepare.py), but a detector file replaced in place is refused before any work."""
+    shutil.copytree(Path(models["detector"]).parent, tmp_path / "models")
+    detector = tmp_path / "models" / Path(models["detector"]).name
+    out = tmp_path / "out"
+    args = ["extract", videos["small"], "-o", out, "--device", "cpu", "--model", models["model"]]
+    pipeline.prepare(
+        ExtractConfig((str(videos["small"]),), str(out), model=models["model"], detector=str(detector))
+    )
+    standins.make_scrfd_model(detector, batched=True)  # same name, another file
+    monkeypatch.chdir(tmp_path)
+    result = invoke([*args, "--detector", f"models/{detector.name}"], env=WIDE)
+    assert result.exit_code == 2, result.output
+    assert "detector_sha256" in result.output and "--overwrite" in result.output
 
 
 def test_help_documents_exit_codes_and_options():

@@ -71,6 +71,9 @@ def check_run(
 
     # Provenance under the one metadata key: models, classes, settings (credentials removed), run.
     assert meta["model"] == config.model and meta["detector"] == config.detector
+    made_by = schema.Provenance.from_schema(pq.read_schema(next((out / "faces").glob("*.parquet"))))
+    want = (registry.file_sha256(config.model), registry.file_sha256(config.detector))
+    assert (made_by.model_sha256, made_by.detector_sha256) == want  # the files, whatever their spelling
     assert meta["settings"] == config.public() and meta["run_id"] == result.run_id
     assert meta["settings"]["sampling"] == {"mode": config.sampling.mode, "value": config.sampling.value}
 

@@ -270,6 +270,19 @@ def test_a_model_file_of_the_same_name_but_other_bytes_is_refused(
         model.predict(with_sha("b" * 64))
 
 
+def test_the_card_records_both_model_files(corpus: dict[str, Path], tmp_path: Path) -> None:
+    """Both sha256s travel from the faces metadata through the descriptors into the card."""
+    model_sha, detector_sha = "c" * 64, "d" * 64
+    means = {f"clip{i:02d}": np.full(DIM, i % 3, np.float32) for i in range(N_CLIPS)}
+    features = tmp_path / "extract"
+    write_synthetic_extract(features, means, frames=4, model_sha256=model_sha, detector_sha256=detector_sha)
+    fitted = classify.fit(str(features), str(corpus["afew_train"]), "afew", tmp_path / "m", local=True)
+    card = json.loads((tmp_path / "m" / "model_card.json").read_text())
+    assert card == fitted.card_
+    assert (card["emotion_model"]["sha256"], card["detector_sha256"]) == (model_sha, detector_sha)
+    assert card["detector"] == "det_10g"
+
+
 def test_a_skops_file_with_foreign_types_is_not_loaded(afew_model: Path, tmp_path: Path) -> None:
     for name in ("model_card.json", "metrics.json"):
         (tmp_path / name).write_bytes((afew_model / name).read_bytes())
