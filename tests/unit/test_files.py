@@ -156,7 +156,9 @@ def test_uploads_failing_past_the_last_attempt_name_the_object_not_the_credentia
     monkeypatch.setattr(FlakyStore, "failures", storage.ATTEMPTS)
     with pytest.raises(storage.StorageError) as caught:
         files.write_bytes(flaky, "/bucket/out/x.json", b"data")
-    assert str(caught.value).startswith(f"could not write flaky:///bucket/out/x.json after {storage.ATTEMPTS}")
+    assert str(caught.value).startswith(
+        f"could not write flaky:///bucket/out/x.json after {storage.ATTEMPTS}"
+    )
     assert not flaky.exists("/bucket/out/x.json")
 
 
