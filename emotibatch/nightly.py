@@ -83,8 +83,9 @@ from emotibatch.inference.engagement import (
     EngagementModel,
     window_starts,
 )
+from emotibatch.io import files
 from emotibatch.io.redact import redact_uri
-from emotibatch.io.sources import VIDEO_EXTENSIONS, is_local, uri_of
+from emotibatch.io.sources import VIDEO_EXTENSIONS, uri_of
 from emotibatch.reports import report
 from emotibatch.reports.summary import summarize_engagement
 
@@ -107,8 +108,6 @@ FACE_COLUMNS = [
     "valence",
     "arousal",
 ]
-# fsspec `info` keys, first found wins: content identity where the store has one, else modification time.
-_STAMP_KEYS = ("ETag", "etag", "md5Hash", "generation", "mtime", "LastModified", "last_modified", "updated")
 _MODIFIED_KEYS = ("mtime", "LastModified", "last_modified", "updated", "created")
 
 # -- settings ------------------------------------------------------------------------------------------
@@ -443,18 +442,18 @@ def list_lectures(config: NightlyConfig) -> list[tuple[Lecture, datetime | None,
     (True when no marker is configured)."""
     fs, root = fsspec.core.url_to_fs(config.prefix, **config.extract.storage_options)
     root = root.rstrip("/")
-    files = fs.find(root, detail=True)
-    if not files and not fs.isdir(root):
+    found = fs.find(root, detail=True)
+    if not found and not fs.isdir(root):
         raise ValueError(f"{redact_uri(config.prefix)}: no such directory or prefix (nothing listed there)")
     lectures = []
-    for path, info in sorted(files.items()):
+    for path, info in sorted(found.items()):
         relative = posixpath.relpath(path, root)
         hidden = any(part.startswith(".") for part in relative.split("/"))
         if hidden or posixpath.splitext(path)[1].lower() not in VIDEO_EXTENSIONS:
             continue
         uri = uri_of(fs, path)
-        stamp = next((str(info[k]) for k in _STAMP_KEYS if info.get(k) is not None), "")
-        marked = not config.completion_marker or path + config.completion_marker in files
+        stamp = files.stamp(info)
+        marked = not config.completion_marker or path + config.completion_marker in found
         lectures.append((Lecture(uri, relative, int(info.get("size") or 0), stamp), _modified(info), marked))
     return lectures
 
@@ -611,8 +610,8 @@ def run(plan: NightPlan) -> NightResult:
                     night_output.fs, night_output.join("faces", f"{video_key(lecture.video_id)}.parquet")
                 )
                 try:
-                    files = (faces, *ray.get(pending[lecture.video_id]))
-                    outcomes[lecture.video_id] = LectureOutcome(lecture, "ok", files=files)
+                    written = (faces, *ray.get(pending[lecture.video_id]))
+                    outcomes[lecture.video_id] = LectureOutcome(lecture, "ok", files=written)
                 except ray.exceptions.RayTaskError as exc:
                     error = f"summary failed: {type(exc.cause).__name__}: {exc.cause}"
                     outcomes[lecture.video_id] = LectureOutcome(lecture, "failed", error)
@@ -627,19 +626,16 @@ def run(plan: NightPlan) -> NightResult:
             storage_options=night_output.storage_options,
         )
     failures = night_output.join(FAILURES_FILE)
-    _write_json(
-        night_output,
-        failures,
-        {
-            "night": plan.night.isoformat(),
-            "run_id": run_id,
-            "failures": [
-                {"video_id": o.lecture.video_id, "source_uri": o.lecture.source_uri, "error": o.error}
-                for o in lectures
-                if o.status != "ok"
-            ],
-        },
-    )
+    listed = {
+        "night": plan.night.isoformat(),
+        "run_id": run_id,
+        "failures": [
+            {"video_id": o.lecture.video_id, "source_uri": o.lecture.source_uri, "error": o.error}
+            for o in lectures
+            if o.status != "ok"
+        ],
+    }
+    files.write_bytes(night_output.fs, failures, (json.dumps(listed, indent=1) + "\n").encode())
     _record(plan, run_id, lectures)
     result = NightResult(
         plan.night,
@@ -654,18 +650,6 @@ def run(plan: NightPlan) -> NightResult:
     for line in result.describe():
         (log.warning if line.startswith("failed") else log.info)(line)
     return result
-
-
-def _write_json(output: Output, path: str, data: dict) -> None:
-    """Write JSON whole or not at all, as output.Output writes tables: renamed into place, or one PUT."""
-    text = json.dumps(data, indent=1) + "\n"
-    output.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-    if is_local(output.fs):
-        temporary = f"{posixpath.dirname(path)}/.tmp-{uuid.uuid4().hex}"
-        output.fs.pipe_file(temporary, text.encode())
-        output.fs.mv(temporary, path)
-    else:
-        output.fs.pipe_file(path, text.encode())
 
 
 def _record(plan: NightPlan, run_id: str, lectures: Sequence[LectureOutcome]) -> None:

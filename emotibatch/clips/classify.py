@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import skops.io
+from fsspec.implementations.local import LocalFileSystem
 from sklearn.base import BaseEstimator
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.linear_model import LogisticRegression, RidgeCV
@@ -52,6 +53,7 @@ from emotibatch.clips.aggregate import (
 )
 from emotibatch.clips.labels import JoinReport, Kind, LabelSet, join, read_labels
 from emotibatch.extract.output import Output
+from emotibatch.io import files
 from emotibatch.io.redact import redact_uri
 
 Task = Literal["afew", "vgaf", "engagewild", "daisee", "generic"]
@@ -367,13 +369,16 @@ class ClipModel(BaseEstimator):
         """MODEL_DIR/model.skops, model_card.json, metrics.json and the plot of the held-out predictions."""
         check_is_fitted(self, "estimator_")
         directory = Path(model_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        skops.io.dump(self.estimator_, directory / MODEL_FILE)
-        (directory / CARD_FILE).write_text(json.dumps(self.card_, indent=1, sort_keys=True) + "\n")
-        (directory / METRICS_FILE).write_text(json.dumps(self.metrics_, indent=1, sort_keys=True) + "\n")
+        local = LocalFileSystem()
+        with files.writing(local, str(directory / MODEL_FILE)) as scratch:
+            skops.io.dump(self.estimator_, scratch)
+        for name, data in ((CARD_FILE, self.card_), (METRICS_FILE, self.metrics_)):
+            text = json.dumps(data, indent=1, sort_keys=True) + "\n"
+            files.write_bytes(local, str(directory / name), text.encode())
         kind = self.card_["kind"]
         title = f"{self.task}: {self.metrics_['validation']}"
-        _plot(kind, *self.evaluation_, self.card_["classes"], title, directory / PLOT_FILES[kind])
+        with files.writing(local, str(directory / PLOT_FILES[kind])) as scratch:
+            _plot(kind, *self.evaluation_, self.card_["classes"], title, scratch)
 
     @classmethod
     def load(cls, model_dir: str | Path) -> ClipModel:

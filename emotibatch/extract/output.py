@@ -17,15 +17,13 @@ from __future__ import annotations
 
 import json
 import urllib.parse
-import uuid
 
 import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from fsspec.implementations.local import LocalFileSystem
 
-from emotibatch.io import storage
+from emotibatch.io import files
 from emotibatch.io.redact import redact_uri
 
 SETTINGS_FILE = "_emotibatch.json"
@@ -62,20 +60,10 @@ class Output:
     # -- whole files ---------------------------------------------------------------------------------
 
     def write_table(self, path: str, table: pa.Table) -> None:
-        """Write `table` to `path` atomically (see module docstring)."""
-        parent = path.rsplit("/", 1)[0]
-        self.fs.makedirs(parent, exist_ok=True)
-        if isinstance(self.fs, LocalFileSystem):
-            temporary = f"{parent}/.tmp-{uuid.uuid4().hex}"
-            pq.write_table(table, temporary, filesystem=self.fs, use_dictionary=_dictionary_columns(table))
-            self.fs.mv(temporary, path)
-        else:
-            # Serialised first: a file object left by a failed write would still commit on close.
-            buffer = pa.BufferOutputStream()
-            pq.write_table(table, buffer, use_dictionary=_dictionary_columns(table))
-            data = buffer.getvalue().to_pybytes()
-            shown = redact_uri(self.fs.unstrip_protocol(path))
-            storage.retrying(lambda: self.fs.pipe_file(path, data), shown, "write")
+        """Write `table` to `path` atomically (see module docstring): serialised first, then one write."""
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer, use_dictionary=_dictionary_columns(table))
+        files.write_bytes(self.fs, path, buffer.getvalue().to_pybytes())
 
     def read_tables(self, table: str) -> pa.Table | None:
         """All files of one table concatenated (schemas unified), or None when there are none."""

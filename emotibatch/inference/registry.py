@@ -2,26 +2,23 @@
 
 Every model a job runs is described by one frozen `ModelCard`: what preprocessing and labels it expects comes
 from the card, never from substrings of a file name. `resolve` turns a registered name, a local path or any
-fsspec URI into a local file that passed its integrity check; copies land in the cache atomically, under a
-per-model lock, so several processes on one node can ask for the same model at once.
+fsspec URI into a local file that passed its integrity check; copies land in the cache whole (`files.writing`),
+under a per-model lock (`files.lock`), so several processes on one node can ask for the same model at once.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import http.client
 import json
 import logging
 import os
 import shutil
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
@@ -32,6 +29,7 @@ import fsspec
 import onnx
 from fsspec.implementations.local import LocalFileSystem
 
+from emotibatch.io import files
 from emotibatch.io.redact import redact_uri
 
 __all__ = [
@@ -64,6 +62,7 @@ MODEL_DIR_ENV = "EMOTIBATCH_MODEL_DIR"
 PINS_FILE = "pins.json"
 DOWNLOAD_TIMEOUT_S = 60.0
 _CHUNK = 1 << 20
+_LOCAL = LocalFileSystem()
 
 EMOTIEFFLIB_COMMIT = "f1df0e8548c666d268826e50b7de107fd5553e9d"
 EMOTIEFFLIB_ROOT = f"https://github.com/sb-ai-lab/EmotiEffLib/raw/{EMOTIEFFLIB_COMMIT}"
@@ -77,21 +76,6 @@ STD_IMAGENET = (0.229, 0.224, 0.225)
 CLASSES_8 = ("Anger", "Contempt", "Disgust", "Fear", "Happiness", "Neutral", "Sadness", "Surprise")
 CLASSES_7 = tuple(c for c in CLASSES_8 if c != "Contempt")
 
-# fsspec `info` keys that change when a remote object is rewritten; whichever the filesystem reports.
-_STAMP_KEYS = (
-    "size",
-    "created",
-    "mtime",
-    "md5",
-    "ETag",
-    "etag",
-    "VersionId",
-    "LastModified",
-    "last_modified",
-    "Last-Modified",
-    "Content-MD5",
-    "Digest",
-)
 # Errors that mean "the server could not be reached", as opposed to a bad or truncated copy.
 _NETWORK_ERRORS = (urllib.error.URLError, ConnectionError, TimeoutError)
 # Errors that mean "the copy is bad": fetched again once, like a hash mismatch.
@@ -303,23 +287,13 @@ def _mismatch(path: Path, expected: tuple[str, str] | None) -> str | None:
     return None if got == want else f"expected {algo} {want}, got {got}"
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """Serialise the processes of one node that work on `path` (flock is released if a process dies)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+def _lock_file(path: Path) -> Path:
+    """The lock that serialises the processes of one node that work on `path`."""
+    return path.with_name(f".{path.name}.lock")
 
 
-def _write_json_atomic(path: Path, data: object) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+def _write_json(path: Path, data: object) -> None:
+    files.write_bytes(_LOCAL, str(path), json.dumps(data, indent=2, sort_keys=True).encode())
 
 
 def _read_pins(cache: Path) -> dict[str, str]:
@@ -334,8 +308,8 @@ def _read_pins(cache: Path) -> dict[str, str]:
 
 def _update_pin(cache: Path, name: str, sha256: str) -> None:
     path = cache / PINS_FILE
-    with _locked(path):
-        _write_json_atomic(path, {**_read_pins(cache), name: sha256})
+    with files.lock(_lock_file(path)):
+        _write_json(path, {**_read_pins(cache), name: sha256})
 
 
 def pin_sha256(name: str, sha256: str, *, cache_dir: str | None = None) -> None:
@@ -387,31 +361,32 @@ def _download_member(url: str, member: str, dest: Path) -> None:
         pack.unlink(missing_ok=True)
 
 
+class _BadCopy(Exception):
+    """A fetched copy that failed its check: raised inside `files.writing`, so it never lands."""
+
+
 def _install(
     target: Path, fetch: Callable[[Path], None], check: Callable[[Path], str | None], what: str
 ) -> None:
-    """Fetch into a temp file beside `target`, check it, then rename it into place.
+    """Fetch into a scratch file beside `target`, check it, then rename it into place.
 
     A truncated or corrupted copy never lands at `target`. A bad copy is fetched once more; a second bad copy
     means a wrong source, not a glitch.
     """
-    problem = None
     for attempt in (1, 2):
-        fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-        os.close(fd)
-        tmp = Path(name)
         try:
-            try:
-                fetch(tmp)
-                problem = check(tmp)
-            except _BAD_COPY_ERRORS as exc:
-                problem = f"truncated or unreadable copy ({type(exc).__name__}: {exc})"
-            if problem is None:
-                os.replace(tmp, target)
-                return
+            with files.writing(_LOCAL, str(target)) as scratch:
+                try:
+                    fetch(scratch)
+                    problem = check(scratch)
+                except _BAD_COPY_ERRORS as exc:
+                    problem = f"truncated or unreadable copy ({type(exc).__name__}: {exc})"
+                if problem is not None:
+                    raise _BadCopy(problem)
+            return
+        except _BadCopy as exc:
+            problem = str(exc)
             logger.warning("%s: bad copy (%s)%s", what, problem, ", fetching again" if attempt == 1 else "")
-        finally:
-            tmp.unlink(missing_ok=True)
     raise IntegrityError(f"{what}: {problem}")
 
 
@@ -469,7 +444,7 @@ def resolve_card(
     _show_license(card)
     cache = cache_root(cache_dir)
     target = cache / card.filename
-    with _locked(target):
+    with files.lock(_lock_file(target)):
         expected = _expected_digest(card, cache)
         if target.exists() and (problem := _mismatch(target, expected)):
             logger.warning("cached %s is corrupt (%s): deleting it and fetching again", target, problem)
@@ -491,10 +466,6 @@ def resolve_card(
     return target
 
 
-def _stamp(info: Mapping[str, object]) -> dict[str, str]:
-    return {key: str(info[key]) for key in _STAMP_KEYS if info.get(key) is not None}
-
-
 def _resolve_uri(uri: str, cache: Path, options: dict) -> Path:
     """A local file for an fsspec URI; remote files are cached and fetched again when their stamp changes."""
     fs, path = fsspec.core.url_to_fs(uri, **options)
@@ -506,7 +477,7 @@ def _resolve_uri(uri: str, cache: Path, options: dict) -> Path:
     key = hashlib.sha256(shown.encode()).hexdigest()[:16]
     target = cache / "uri" / f"{key}-{PurePosixPath(shown).name}"
     stamp_file = target.with_name(target.name + ".json")
-    with _locked(target):
+    with files.lock(_lock_file(target)):
         try:
             info = fs.info(path)
         except FileNotFoundError:
@@ -518,7 +489,7 @@ def _resolve_uri(uri: str, cache: Path, options: dict) -> Path:
                 ) from exc
             logger.warning("cannot check %s for changes (%s): using the cached copy %s", shown, exc, target)
             return target
-        stamp = _stamp(info)
+        stamp = {"size": info.get("size"), "stamp": files.stamp(info)}
         if target.exists() and stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp:
             return target
         size = info.get("size")
@@ -528,7 +499,7 @@ def _resolve_uri(uri: str, cache: Path, options: dict) -> Path:
             return None if size is None or got == size else f"expected {size} bytes, got {got}"
 
         _install(target, lambda tmp: fs.get_file(path, str(tmp)), check, f"model {shown}")
-        _write_json_atomic(stamp_file, stamp)
+        _write_json(stamp_file, stamp)
     return target
 
 
@@ -589,6 +560,5 @@ def export(name: str, to: str, *, cache_dir: str | None = None, storage_options:
     card = _require_card(name)
     local = resolve_card(card, cache_dir=cache_dir, storage_options=storage_options)
     fs, root = fsspec.core.url_to_fs(to, **(storage_options or {}))
-    fs.makedirs(root, exist_ok=True)
-    fs.put_file(str(local), f"{root.rstrip('/')}/{card.filename}")
+    files.put_file(local, fs, f"{root.rstrip('/')}/{card.filename}")
     return f"{redact_uri(to).rstrip('/')}/{card.filename}"

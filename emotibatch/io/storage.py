@@ -3,11 +3,11 @@
 decord reads a file object whole into memory, and every segment task of a video would fetch it again, so
 a remote video is copied once per node into a cache directory and decoded from there (`local_copy`):
 
-- a copy is named by the redacted URI, the size and the ETag or modification time: a rewritten object
-  gets a new copy, a stale one is never used;
-- the first task that needs a copy fetches it under an exclusive `flock` on the copy's lock file, into a
-  `.part` file reserved at full size and renamed into place when complete; the others wait on that lock,
-  then share the copy;
+- a copy is named by the redacted URI, the size and the stamp (`files.stamp`: the ETag or modification
+  time): a rewritten object gets a new copy, a stale one is never used;
+- the first task that needs a copy fetches it under an exclusive lock (`files.lock`) on the copy's lock
+  file, into a `.part` file reserved at full size and renamed into place when complete; the others wait on
+  that lock, then share the copy;
 - readers hold a shared lock, and eviction (least recently used first, until the cache fits its limit)
   only deletes copies whose lock it can take exclusively at once: never one in use or being written.
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import errno
-import fcntl
 import hashlib
 import logging
 import os
@@ -43,6 +42,7 @@ from typing import Any, TypeVar
 
 import fsspec
 
+from emotibatch.io import files
 from emotibatch.io.redact import redact_uri
 
 log = logging.getLogger(__name__)
@@ -60,8 +60,6 @@ MAX_BACKOFF_S = 30.0
 S3_DEFAULTS: dict[str, Any] = {"config_kwargs": {"retries": {"total_max_attempts": 5, "mode": "standard"}}}
 CREDENTIALS_HINT = "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE or --storage-options"
 
-# fsspec `info` keys that change when an object is rewritten, whichever the filesystem reports.
-_STAMP_KEYS = ("ETag", "etag", "LastModified", "last_modified", "mtime", "updated", "generation")
 # Errors in our code or the caller's, not in the storage: never retried.
 _BUGS = (TypeError, ValueError, AttributeError, KeyError, IndexError, NotImplementedError, AssertionError)
 _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
@@ -188,36 +186,10 @@ def cache_limit(root: Path, cached: int) -> int:
 
 
 def _copy_name(shown: str, info: Mapping[str, Any]) -> str:
-    stamp = [shown, str(info.get("size"))]
-    stamp += [f"{k}={info[k]}" for k in _STAMP_KEYS if info.get(k) is not None]
+    version = "\n".join((shown, str(info.get("size")), files.stamp(info)))
     extension = posixpath.splitext(shown)[1].lower()
-    digest = hashlib.sha256("\n".join(stamp).encode()).hexdigest()[:32]
+    digest = hashlib.sha256(version.encode()).hexdigest()[:32]
     return digest + (extension if _EXTENSION.fullmatch(extension) else "")
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        return os.stat(path).st_ino == os.fstat(fd).st_ino
-    except FileNotFoundError:
-        return False
-
-
-def _lock(path: Path, operation: int) -> int:
-    """A descriptor holding the flock `operation` on the lock file `path` (BlockingIOError under LOCK_NB).
-
-    Eviction deletes a lock file while holding it: a lock taken meanwhile on the deleted file would guard
-    nothing, so it is dropped and taken again on the file now at `path`.
-    """
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, operation)
-            if _same_file(fd, path):
-                return fd
-        except BaseException:
-            os.close(fd)
-            raise
-        os.close(fd)
 
 
 def _evict(path: Path) -> bool:
@@ -225,15 +197,12 @@ def _evict(path: Path) -> bool:
     name = path.name.removesuffix(_PART)
     lock = path.with_name(name + _LOCK)
     try:
-        fd = _lock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with files.lock(lock, blocking=False):
+            path.with_name(name).unlink(missing_ok=True)
+            path.with_name(name + _PART).unlink(missing_ok=True)
+            lock.unlink()
     except BlockingIOError:
         return False
-    try:
-        path.with_name(name).unlink(missing_ok=True)
-        path.with_name(name + _PART).unlink(missing_ok=True)
-        lock.unlink()
-    finally:
-        os.close(fd)
     return True
 
 
@@ -281,12 +250,9 @@ def _download(fs: fsspec.AbstractFileSystem, path: str, target: Path, size: int,
     """Fetch the file into `target` (caller holds its lock exclusively), in CHUNK reads, resuming after a
     transient error where it stopped."""
     part = target.with_name(target.name + _PART)
-    accounting = _lock(target.parent / _LOCK, fcntl.LOCK_EX)
-    try:
+    with files.lock(target.parent / _LOCK):
         _make_room(target.parent, size)
         _reserve(part, size, shown)
-    finally:
-        os.close(accounting)
     done = 0
     resumed = False
 
@@ -315,27 +281,24 @@ def _download(fs: fsspec.AbstractFileSystem, path: str, target: Path, size: int,
         raise
 
 
-def _acquire(fs: fsspec.AbstractFileSystem, path: str, target: Path, size: int, shown: str) -> int:
-    """A descriptor holding a shared lock on `target`'s lock file, `target` complete (fetched if missing)."""
+@contextmanager
+def _held(fs: fsspec.AbstractFileSystem, path: str, target: Path, size: int, shown: str) -> Iterator[None]:
+    """Hold a shared lock on `target`'s lock file for the `with` block, `target` complete (fetched under
+    the exclusive lock if missing, then looked for again: an eviction may slip in between the two)."""
     lock = target.with_name(target.name + _LOCK)
     while True:
-        fd = _lock(lock, fcntl.LOCK_SH)
-        if target.exists():
-            return fd
-        os.close(fd)
-        fd = _lock(lock, fcntl.LOCK_EX)
-        try:
-            if not target.exists():
+        with files.lock(lock, shared=True):
+            if target.exists():
+                yield
+                return
+        with files.lock(lock):
+            if target.exists():
+                continue
+            try:
                 _download(fs, path, target, size, shown)
-            fcntl.flock(fd, fcntl.LOCK_SH)  # not atomic: an eviction may slip in, hence the checks below
-        except BaseException:
-            if not target.exists():
-                lock.unlink(missing_ok=True)  # guards nothing; waiters take a new one (see _lock)
-            os.close(fd)
-            raise
-        if _same_file(fd, lock) and target.exists():
-            return fd
-        os.close(fd)
+            except BaseException:
+                lock.unlink(missing_ok=True)  # guards nothing; waiters take a new one (see files.lock)
+                raise
 
 
 @contextmanager
@@ -357,9 +320,6 @@ def local_copy(
     root = cache_dir()
     root.mkdir(parents=True, exist_ok=True)
     target = root / _copy_name(shown, info)
-    fd = _acquire(fs, path, target, size, shown)
-    try:
+    with _held(fs, path, target, size, shown):
         os.utime(target)  # most recently used
         yield target
-    finally:
-        os.close(fd)

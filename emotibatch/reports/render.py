@@ -12,11 +12,9 @@ from __future__ import annotations
 import math
 import os
 import posixpath
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 
 import av
@@ -29,8 +27,9 @@ import pyarrow.parquet as pq
 from emotibatch import schema
 from emotibatch.extract.decode import DecodeError, Sampling, Segment, decode_segment, probe, sample_indices
 from emotibatch.extract.output import Output, video_key
+from emotibatch.io import files
 from emotibatch.io.redact import redact_uri
-from emotibatch.io.sources import VideoSource, is_local
+from emotibatch.io.sources import VideoSource
 from emotibatch.reports.report import colors, read_settings
 
 __all__ = ["RenderResult", "draw_faces", "render_clip"]
@@ -139,20 +138,15 @@ def render_clip(
     palette = colors(list(schema.Provenance.from_schema(faces.schema).classes)) if faces is not None else {}
 
     target_fs, target = fsspec.core.url_to_fs(output, **(storage_options or {}))
-    with tempfile.TemporaryDirectory() as scratch:
-        local = target if is_local(target_fs) else str(Path(scratch) / "clip.mp4")
-        if is_local(target_fs):
-            target_fs.makedirs(posixpath.dirname(target) or ".", exist_ok=True)
-        segment = Segment(row["video_id"], 0, first, stop, tuple(indices))
-        frames = decode_segment(source, info, segment, storage_options=storage_options)
+    segment = Segment(row["video_id"], 0, first, stop, tuple(indices))
+    frames = decode_segment(source, info, segment, storage_options=storage_options)
+    with files.writing(target_fs, target) as local:
         try:
             count = _encode(
-                frames, local, Fraction(info.fps).limit_denominator(1001), sampled, by_frame, palette
+                frames, str(local), Fraction(info.fps).limit_denominator(1001), sampled, by_frame, palette
             )
         except DecodeError as exc:
             raise ValueError(str(exc)) from exc
-        if not is_local(target_fs):
-            target_fs.put_file(local, target)
     return RenderResult(row["video_id"], indices[0], count, output)
 
 

@@ -57,6 +57,7 @@ from emotibatch.extract.decode import (
     sample_indices,
 )
 from emotibatch.extract.output import SETTINGS_FILE, Output, video_key
+from emotibatch.io import files
 from emotibatch.io.redact import redact_uri
 from emotibatch.io.sources import VideoSource
 from emotibatch.reports.summary import summarize_engagement, tracks_of, window_series
@@ -1021,12 +1022,8 @@ def _sampled_frames(row: Mapping[str, Any], settings: Mapping[str, Any]) -> np.n
 
 
 def _write_text(path: str, text: str, storage_options: dict | None) -> None:
-    """One whole write: a single PUT on an object store."""
     fs, target = fsspec.core.url_to_fs(path, **(storage_options or {}))
-    parent = posixpath.dirname(target)
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    fs.pipe_file(target, text.encode())
+    files.write_bytes(fs, target, text.encode())
 
 
 def build_report(

@@ -4,13 +4,13 @@ Night 1 meets two good lectures, one that fails (its bytes garbled, size and mti
 uploading (modified a minute ago) and one without its completion marker. Night 2 changes nothing: only
 the failed lecture is tried again. Night 3 restores it, lets the upload settle, adds the marker and a new
 lecture: those four, and nothing else, are processed. A rerun of night 3 finds nothing to do.
-Then the job's exit codes (the last run through `python jobs/nightly_lectures.py`, on this session's Ray),
-and lectures on S3 (moto), where uploads are aged by LastModified and known by their ETag.
+Then the exit codes of `emotibatch nightly` (the last run through its job wrapper, `python
+jobs/nightly_lectures.py`, on this session's Ray), and lectures on S3 (moto), where uploads are aged by
+LastModified and known by their ETag.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -29,6 +29,7 @@ from click.testing import CliRunner
 from jobs_helpers import KEY_ID, ROOT, SECRET, make_lecture, set_age, write_engagement_head
 
 from emotibatch import nightly
+from emotibatch.cli import cli
 from emotibatch.config import ExtractConfig
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -191,29 +192,20 @@ def test_each_lecture_once_failures_retried_uploads_waited(tmp_path: Path, model
     assert set(videos["source_stamp"].to_pylist()) == {o.lecture.stamp for o in third.lectures}
 
 
-def _job_module():
-    """jobs/nightly_lectures.py imported in-process, for its click command."""
-    spec = importlib.util.spec_from_file_location("nightly_lectures_job", ROOT / "jobs/nightly_lectures.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_job_exit_codes(tmp_path: Path, model_args: list[str]) -> None:
     """0 with a failed lecture (listed), 2 for bad usage, 3 with --strict: the failure is tried again."""
     prefix, out = tmp_path / "lectures", tmp_path / "out"
     make_lecture(prefix / "good.mp4")
     (prefix / "bad.mp4").write_text("this is not a video\n")
     args = [str(prefix), "--output", str(out), "--settle-minutes", "0", "--date", "2026-04-01", *model_args]
-    job = _job_module().nightly_lectures
 
-    result = CliRunner().invoke(job, args, catch_exceptions=False)
+    result = CliRunner().invoke(cli, ["nightly", *args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "2 lectures tried (1 ok, 1 failed)" in result.output and "failed bad.mp4: " in result.output
     failures = json.loads((out / "date=2026-04-01/failures.json").read_text())["failures"]
     assert [f["video_id"] for f in failures] == ["bad.mp4"]
 
-    usage = CliRunner().invoke(job, [*args, "--settle-minutes", "-1"], catch_exceptions=False)
+    usage = CliRunner().invoke(cli, ["nightly", *args, "--settle-minutes", "-1"], catch_exceptions=False)
     assert usage.exit_code == 2 and "--settle-minutes must be >= 0" in usage.output
 
     address = ray.get_runtime_context().gcs_address  # this session's Ray: no second start-up

@@ -136,9 +136,11 @@ def closed_port_url(path: str) -> str:
 
 
 def leftovers(cache: Path) -> list[str]:
-    """Files in the cache other than models, pins and lock files: temp files that should be gone."""
+    """Files in the cache other than models, pins and lock files: scratch files that should be gone."""
     return sorted(
-        p.name for p in cache.rglob("*") if p.is_file() and not p.name.endswith((".onnx", ".lock", ".json"))
+        p.name
+        for p in cache.rglob("*")
+        if p.is_file() and (p.name.startswith(".tmp-") or not p.name.endswith((".onnx", ".lock", ".json")))
     )
 
 
