@@ -32,7 +32,7 @@ from ray.data.block import Block, BlockAccessor
 from ray.data.datasource.datasink import WriteResult
 
 from emotibatch import __version__, schema
-from emotibatch.extract import pipeline
+from emotibatch.cluster import connected
 from emotibatch.extract.output import Output, video_key
 from emotibatch.io.redact import redact_uri
 
@@ -377,7 +377,7 @@ def aggregate(
         if out is not None and rows:
             _write_part(out, table, 0)
     else:
-        with pipeline.connected(address):
+        with connected(address):
             dataset = ray.data.from_items(plan.items).map_batches(
                 _describe_items,
                 fn_kwargs={"source": plan.source, "recipe": recipe, "width": plan.width},

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from emotibatch.extract import pipeline
+from emotibatch import cluster
 
 CLUSTER_YAML = Path(__file__).parents[2] / "cluster.yaml"
 
@@ -41,6 +41,6 @@ def test_the_head_does_no_work_and_keeps_its_dashboard_on_loopback(config: dict)
 
 
 def test_nodes_keep_as_many_idle_workers_as_the_embedded_ray(config: dict) -> None:
-    setting = f"RAY_num_workers_soft_limit={pipeline.IDLE_WORKERS} ray start"
+    setting = f"RAY_num_workers_soft_limit={cluster.IDLE_WORKERS} ray start"
     for commands in ("head_start_ray_commands", "worker_start_ray_commands"):
         assert any(setting in command for command in config[commands]), commands
