@@ -67,7 +67,8 @@ def normalisation_lut(mean: Sequence[float], std: Sequence[float], scale: float 
     return np.stack([(v - m) / s for m, s in zip(mean, std)]).astype(np.float32)
 
 
-# SCRFD's blob: (v - 127.5) / 128 for every channel (the detector cards' mean, std and pixel scale).
+# SCRFD's blob, the same for every SCRFD model (insightface fixes it, not the model file): (v - 127.5) / 128
+# per channel. The one place this rule lives: detector cards carry no mean or std (docs/models.md, SCRFD).
 SCRFD_LUT = normalisation_lut((127.5,) * 3, (128.0,) * 3, scale=1.0)
 
 
