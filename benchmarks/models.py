@@ -5,7 +5,8 @@ Cases (all sides of a case share the model file, the thread count and the onnxru
 - `emotion_predict`: faces/s of `EmotionModel.predict` on face-crop-sized uint8 squares (80-200 px, so
   the resize is included) against `session.run` of a plain InferenceSession of the original model on
   already resized and normalised float32 NCHW tensors. On CUDA the baseline's input is already on the GPU
-  (IO binding), as in REFERENCE §5. Model: the EfficientNet-B0 stand-in at 224 (its real cost).
+  (IO binding), as in docs/models.md (Throughput on an H100 node). Model: the EfficientNet-B0 stand-in
+  at 224 (its real cost).
 - `detect_standin`: frames/s of batched `FaceDetector.detect` on 720p frames with stand-in faces against
   insightface's per-frame `SCRFD(model_file, session=...).detect(bgr, input_size=(640, 640))` loop.
   The stand-in SCRFD costs ~1/500 of det_10g (0.026 G multiply-adds), so this measures the code around it.
@@ -411,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         "--batch",
         type=int,
         help="faces per predict call and per batch (default: EmotionModel's 16 on cpu; 256 on cuda, as the "
-        "bare figure of REFERENCE §5)",
+        "bare H100 figure of docs/models.md)",
     )
     parser.add_argument(
         "--frames", type=int, help="frames per detect call (default FaceDetector's: 4 on cpu, 16 on cuda)"

@@ -1,6 +1,6 @@
 """Clip, track and window descriptors from an extract output's faces: EmotiEffLib's clip-level recipes.
 
-Recipes (REFERENCE §3), over the `features` column (optionally with `emotion_probs` appended):
+Recipes (docs/corpora.md), over the `features` column (optionally with `emotion_probs` appended):
 
 - `afew`: one face per frame (the highest-scoring: face_index 0), mean||std||min||max over frames,
   L2-normalised (what the AFEW LinearSVC was tuned on);
