@@ -67,6 +67,16 @@ def face_crops(n: int, seed: int = 0) -> list[np.ndarray]:
     return [rng.integers(0, 256, (s, s, 3), dtype=np.uint8) for s in sides]
 
 
+def resize_crops(crops: list[np.ndarray], size: int) -> np.ndarray:
+    """Crops resized to size x size by the library's one resize rule, stacked into uint8 [N, S, S, 3]."""
+    from emotibatch.inference.preprocess import resize_crop
+
+    out = np.empty((len(crops), size, size, 3), np.uint8)
+    for crop, slot in zip(crops, out):
+        resize_crop(crop, slot)
+    return out
+
+
 def frames_720p(n: int, seed: int = 0) -> tuple[list[np.ndarray], int]:
     """`n` RGB 720p frames (dark noise, `FACES_PER_FRAME` stand-in faces each) and the faces drawn in all."""
     rng = np.random.default_rng(seed)
@@ -218,7 +228,7 @@ def emotion_bare(path: str, device: str, threads: int, batch: int) -> tuple[Any,
     """Plain session of the original model on already normalised float32 NCHW (on the GPU for CUDA)."""
     import onnxruntime as ort
 
-    from emotibatch.inference.preprocess import normalisation_lut, resize_crops
+    from emotibatch.inference.preprocess import normalisation_lut
     from emotibatch.inference.registry import MEAN_IMAGENET, STD_IMAGENET
     from emotibatch.inference.runtime import providers_for
 
@@ -267,8 +277,6 @@ def fill_ours(threads: int, batch: int) -> tuple[Any, dict]:
 
 def fill_bare(threads: int, batch: int) -> tuple[Any, dict]:
     """The same resizes one after another on the calling thread, as on the CPU path."""
-    from emotibatch.inference.preprocess import resize_crops
-
     _limit_cv2(1)
     crops = face_crops(4 * batch)
 

@@ -77,14 +77,6 @@ def resize_crop(crop: np.ndarray, out: np.ndarray) -> None:
     out[...] = cv2.resize(crop, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
-def resize_crops(crops: Sequence[np.ndarray], size: int) -> np.ndarray:
-    """Stack crops resized to size x size into uint8 [N, S, S, 3] (see `resize_crop`)."""
-    out = np.empty((len(crops), size, size, 3), np.uint8)
-    for crop, slot in zip(crops, out):
-        resize_crop(crop, slot)
-    return out
-
-
 def letterbox(frame: np.ndarray, input_size: tuple[int, int], out: np.ndarray) -> float:
     """Resize `frame` into the zero canvas `out` [H, W, 3] keeping its aspect; return the scale used.
 
