@@ -1,4 +1,5 @@
-"""Layers point one way: what runs in Ray workers imports no model runtime.
+"""Layers point one way: what runs in Ray workers imports no model runtime. And the tree explains itself:
+what code and docs cite is in it.
 
 A Ray task's function is imported again in every worker that runs it, with all its module imports, so a
 decode or aggregate worker that pulled in onnxruntime would pay its import time and memory for nothing.
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import json
 import pkgutil
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -27,6 +30,8 @@ WORKER_MODULES = (
     *(f"emotibatch.io.{m.name}" for m in pkgutil.iter_modules(emotibatch.io.__path__)),
 )
 MODEL_RUNTIMES = ("onnxruntime", "onnx")
+ROOT = Path(__file__).parents[2]
+DOCS_CITED = re.compile(r"\bdocs/[\w.-]+\.md\b")
 
 
 def modules_after(module: str) -> set[str]:
@@ -54,3 +59,23 @@ def test_the_face_stage_does_import_it() -> None:
 def test_settings_import_no_stage_of_the_job() -> None:
     """config is read by every layer (cli, decode, pipeline), so it may import none of them."""
     assert not {m for m in modules_after("emotibatch.config") if m.startswith("emotibatch.extract")}
+
+
+def test_code_and_docs_cite_only_documents_of_this_tree() -> None:
+    """Every `docs/*.md` cited exists, and nothing cites the outside REFERENCE notes the facts came from."""
+    texts = {
+        path: path.read_text()
+        for pattern in (
+            "emotibatch/**/*.py",
+            "benchmarks/*.py",
+            "jobs/*.py",
+            "docs/*.md",
+            "*.md",
+            "models/*.md",
+        )
+        for path in ROOT.glob(pattern)
+    }
+    cited = {doc for text in texts.values() for doc in DOCS_CITED.findall(text)}
+    assert {"docs/models.md", "docs/corpora.md"} <= cited
+    assert not [doc for doc in cited if not (ROOT / doc).is_file()]
+    assert not [str(path) for path, text in texts.items() if "REFERENCE" in text]
