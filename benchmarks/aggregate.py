@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 from harness import machine
 
 from emotibatch.clips.aggregate import aggregate, read_descriptors
-from emotibatch.extract import pipeline
+from emotibatch.cluster import start_local_ray
 from emotibatch.testing.samples import write_synthetic_extract
 
 STATS = ("mean", "stddev", "min", "max")
@@ -113,7 +113,7 @@ def generate(root: Path, rows: int, dim: int, frames: int) -> dict[str, Any]:
 def run_ours(extract: Path, out: Path, cpus: int) -> dict[str, Any]:
     import ray
 
-    pipeline.start_local_ray(num_cpus=cpus, log_to_driver=False)
+    start_local_ray(num_cpus=cpus, log_to_driver=False)
     try:
         with PeakRSS() as peak:
             started = time.perf_counter()

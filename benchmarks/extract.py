@@ -42,6 +42,7 @@ import ray
 from harness import machine
 from models import make_models
 
+from emotibatch.cluster import start_local_ray
 from emotibatch.config import ExtractConfig
 from emotibatch.extract import pipeline
 from emotibatch.extract.decode import Sampling
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             "serial": bare_stages(videos, args.every, models, args.cpus, args.device),
             "decode": bare_decode(videos, args.every, args.cpus),
         }
-        pipeline.start_local_ray(num_cpus=args.cpus, num_gpus=1 if args.device == "cuda" else 0)
+        start_local_ray(num_cpus=args.cpus, num_gpus=1 if args.device == "cuda" else 0)
         try:
             runs = {
                 name: pipeline_run(videos, args.every, models, root / f"out_{name}", args.device, actor_cpus)

@@ -5,7 +5,8 @@ Cases (all sides of a case share the model file, the thread count and the onnxru
 - `emotion_predict`: faces/s of `EmotionModel.predict` on face-crop-sized uint8 squares (80-200 px, so
   the resize is included) against `session.run` of a plain InferenceSession of the original model on
   already resized and normalised float32 NCHW tensors. On CUDA the baseline's input is already on the GPU
-  (IO binding), as in REFERENCE §5. Model: the EfficientNet-B0 stand-in at 224 (its real cost).
+  (IO binding), as in docs/models.md (Throughput on an H100 node). Model: the EfficientNet-B0 stand-in
+  at 224 (its real cost).
 - `detect_standin`: frames/s of batched `FaceDetector.detect` on 720p frames with stand-in faces against
   insightface's per-frame `SCRFD(model_file, session=...).detect(bgr, input_size=(640, 640))` loop.
   The stand-in SCRFD costs ~1/500 of det_10g (0.026 G multiply-adds), so this measures the code around it.
@@ -64,6 +65,16 @@ def face_crops(n: int, seed: int = 0) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     sides = rng.integers(CROP_SIDES[0], CROP_SIDES[1] + 1, n)
     return [rng.integers(0, 256, (s, s, 3), dtype=np.uint8) for s in sides]
+
+
+def resize_crops(crops: list[np.ndarray], size: int) -> np.ndarray:
+    """Crops resized to size x size by the library's one resize rule, stacked into uint8 [N, S, S, 3]."""
+    from emotibatch.inference.preprocess import resize_crop
+
+    out = np.empty((len(crops), size, size, 3), np.uint8)
+    for crop, slot in zip(crops, out):
+        resize_crop(crop, slot)
+    return out
 
 
 def frames_720p(n: int, seed: int = 0) -> tuple[list[np.ndarray], int]:
@@ -217,7 +228,7 @@ def emotion_bare(path: str, device: str, threads: int, batch: int) -> tuple[Any,
     """Plain session of the original model on already normalised float32 NCHW (on the GPU for CUDA)."""
     import onnxruntime as ort
 
-    from emotibatch.inference.preprocess import normalisation_lut, resize_crops
+    from emotibatch.inference.preprocess import normalisation_lut
     from emotibatch.inference.registry import MEAN_IMAGENET, STD_IMAGENET
     from emotibatch.inference.runtime import providers_for
 
@@ -266,8 +277,6 @@ def fill_ours(threads: int, batch: int) -> tuple[Any, dict]:
 
 def fill_bare(threads: int, batch: int) -> tuple[Any, dict]:
     """The same resizes one after another on the calling thread, as on the CPU path."""
-    from emotibatch.inference.preprocess import resize_crops
-
     _limit_cv2(1)
     crops = face_crops(4 * batch)
 
@@ -411,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         "--batch",
         type=int,
         help="faces per predict call and per batch (default: EmotionModel's 16 on cpu; 256 on cuda, as the "
-        "bare figure of REFERENCE §5)",
+        "bare H100 figure of docs/models.md)",
     )
     parser.add_argument(
         "--frames", type=int, help="frames per detect call (default FaceDetector's: 4 on cpu, 16 on cuda)"

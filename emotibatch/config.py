@@ -1,12 +1,17 @@
-"""Job settings: one frozen dataclass, checked where it is made, before any work starts."""
+"""Job settings: frozen dataclasses, checked where they are made, before any work starts.
+
+`Sampling` lives here rather than beside the decoder that applies it, so that settings import no decoding.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from emotibatch.extract.decode import Sampling
+import numpy as np
+
 from emotibatch.io.redact import redact_uri, scrub
 from emotibatch.schema import FeaturesDtype
 
@@ -28,6 +33,33 @@ IDENTITY = (
     "frame_rate",
     "faces_cropped",
 )
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Which frames of a video are processed: `all`, `every` N-th (int >= 1) or `fps` F per second (> 0)."""
+
+    mode: Literal["all", "every", "fps"] = "all"
+    value: float | int | None = None
+
+    def __post_init__(self) -> None:
+        value = self.value
+        if self.mode == "all":
+            if value is not None:
+                raise ValueError(f"sampling 'all' takes no value, got {value!r}")
+        elif self.mode == "every":
+            if not (isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= 1):
+                raise ValueError(f"sampling 'every' needs an integer >= 1, got {value!r}")
+        elif self.mode == "fps":
+            if not (
+                isinstance(value, int | float | np.number)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+                and value > 0
+            ):
+                raise ValueError(f"sampling 'fps' needs a frame rate > 0, got {value!r}")
+        else:
+            raise ValueError(f"sampling mode must be 'all', 'every' or 'fps', got {self.mode!r}")
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
-from emotibatch import schema
+from emotibatch import cluster, schema
 from emotibatch.clips.aggregate import Recipe, describe_video, emotion_model, emotion_model_mismatch
 from emotibatch.clips.classify import CARD_FILE, ClipModel
 from emotibatch.config import ExtractConfig
@@ -586,7 +586,7 @@ def run(plan: NightPlan) -> NightResult:
         return result
     night_output = Output(plan.extract.config.output, plan.extract.config.storage_options)
     run_id = plan.extract.run_id
-    with pipeline.connected(plan.config.extract.address):
+    with cluster.connected(plan.config.extract.address):
         pipeline.execute(plan.extract)
         videos = {r["video_id"]: r for r in night_output.read_tables("videos").to_pylist()}
         task = ray.remote(num_cpus=1)(_summarize)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from emotibatch.extract import pipeline
+from emotibatch.cluster import start_local_ray
 from emotibatch.inference import detect, embed, runtime
 from emotibatch.testing import standins
 
@@ -73,7 +73,7 @@ def ray_cluster() -> Iterator[None]:
         yield
         return
     # "local": a new instance, never a cluster someone else started on this machine.
-    pipeline.start_local_ray(address="local", num_cpus=2, log_to_driver=False)
+    start_local_ray(address="local", num_cpus=2, log_to_driver=False)
     try:
         yield
     finally:

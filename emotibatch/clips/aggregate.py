@@ -1,6 +1,6 @@
 """Clip, track and window descriptors from an extract output's faces: EmotiEffLib's clip-level recipes.
 
-Recipes (REFERENCE §3), over the `features` column (optionally with `emotion_probs` appended):
+Recipes (docs/corpora.md), over the `features` column (optionally with `emotion_probs` appended):
 
 - `afew`: one face per frame (the highest-scoring: face_index 0), mean||std||min||max over frames,
   L2-normalised (what the AFEW LinearSVC was tuned on);
@@ -32,7 +32,7 @@ from ray.data.block import Block, BlockAccessor
 from ray.data.datasource.datasink import WriteResult
 
 from emotibatch import __version__, schema
-from emotibatch.extract import pipeline
+from emotibatch.cluster import connected
 from emotibatch.extract.output import Output, video_key
 from emotibatch.io.redact import redact_uri
 
@@ -376,7 +376,7 @@ def aggregate(
         if out is not None and rows:
             _write_part(out, table, 0)
     else:
-        with pipeline.connected(address):
+        with connected(address):
             dataset = ray.data.from_items(plan.items).map_batches(
                 _describe_items,
                 fn_kwargs={"source": plan.source, "recipe": recipe, "width": plan.width},

@@ -1,6 +1,6 @@
 """Clip-level models over descriptors: the recipes' scikit-learn pipelines, evaluation and persistence.
 
-Tasks (REFERENCE §3) and their default estimators: `afew` LinearSVC (C=1.1) on L2-normalised descriptors;
+Tasks (docs/corpora.md) and their default estimators: `afew` LinearSVC (C=1.1) on L2-normalised descriptors;
 `vgaf` SVC-RBF, its probabilities calibrated (scikit-learn 1.9 replaces `SVC(probability=True)` with that;
 its label is the most probable class); `engagewild` ridge regression; `daisee` and `generic` logistic
 regression. `estimator` picks another of the task's kind (`ESTIMATORS`: SVR for EngageWild, say).

@@ -57,6 +57,7 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 
+from emotibatch.config import Sampling
 from emotibatch.io import storage
 from emotibatch.io.sources import IMAGE_EXTENSIONS, VideoSource, is_local, open_fs
 
@@ -98,33 +99,6 @@ class VideoInfo:
             raise ValueError(f"fps must be a positive number, got {self.fps}")
         if self.frame_count < 0:
             raise ValueError(f"frame_count must be >= 0, got {self.frame_count}")
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """Which frames of a video are processed: `all`, `every` N-th (int >= 1) or `fps` F per second (> 0)."""
-
-    mode: Literal["all", "every", "fps"] = "all"
-    value: float | int | None = None
-
-    def __post_init__(self) -> None:
-        value = self.value
-        if self.mode == "all":
-            if value is not None:
-                raise ValueError(f"sampling 'all' takes no value, got {value!r}")
-        elif self.mode == "every":
-            if not (isinstance(value, int | np.integer) and not isinstance(value, bool) and value >= 1):
-                raise ValueError(f"sampling 'every' needs an integer >= 1, got {value!r}")
-        elif self.mode == "fps":
-            if not (
-                isinstance(value, int | float | np.number)
-                and not isinstance(value, bool)
-                and math.isfinite(value)
-                and value > 0
-            ):
-                raise ValueError(f"sampling 'fps' needs a frame rate > 0, got {value!r}")
-        else:
-            raise ValueError(f"sampling mode must be 'all', 'every' or 'fps', got {self.mode!r}")
 
 
 def sample_indices(info: VideoInfo, sampling: Sampling) -> np.ndarray:

@@ -14,12 +14,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -27,6 +24,7 @@ import pyarrow as pa
 import ray
 
 from emotibatch import __version__, schema
+from emotibatch.cluster import connected
 from emotibatch.config import ExtractConfig
 from emotibatch.extract.decode import (
     FRAMES_PER_BLOCK,
@@ -53,10 +51,6 @@ DECODE_BASE_MEMORY = 256 * 2**20
 # ones are still being processed, not after the whole dataset.
 STAGE_CPUS = 0.0
 FINALIZE_CPUS = 0.5
-# Idle worker processes an embedded Ray keeps for the next task. Ray keeps as many as there are unreserved
-# CPUs, and this job reserves them all (decode tasks, face actors), so without this every probe, staging
-# and per-video task would start a new process and import into it: ~3 s of a 16-s run on 2 CPUs.
-IDLE_WORKERS = 4
 
 
 @dataclass(frozen=True)
@@ -174,30 +168,8 @@ def extract(config: ExtractConfig) -> RunResult:
     return run(prepare(config))
 
 
-def start_local_ray(**options) -> None:
-    """Start an embedded local Ray (`options` go to ray.init): no dashboard or job API to expose, and
-    `IDLE_WORKERS` idle workers kept. Clusters set the same with RAY_num_workers_soft_limit (cluster.yaml)."""
-    ray.init(include_dashboard=False, _system_config={"num_workers_soft_limit": IDLE_WORKERS}, **options)
-
-
-@contextlib.contextmanager
-def connected(address: str | None) -> Iterator[None]:
-    """Connect to the Ray cluster at `address` (or RAY_ADDRESS, as inside `ray job submit`), else start an
-    embedded local Ray (`start_local_ray`); do nothing when already connected. Disconnects what it opened."""
-    started = not ray.is_initialized()
-    if started and (address or os.environ.get("RAY_ADDRESS")):
-        ray.init(address=address)
-    elif started:
-        start_local_ray()
-    try:
-        yield
-    finally:
-        if started:
-            ray.shutdown()
-
-
 def run(plan: Plan) -> RunResult:
-    """Run a prepared job on the cluster `--address` names, or an embedded local Ray (see `connected`)."""
+    """Run a prepared job on the cluster `--address` names, or an embedded local Ray (cluster.connected)."""
     with connected(plan.config.address):
         return execute(plan)
 

@@ -67,21 +67,14 @@ def normalisation_lut(mean: Sequence[float], std: Sequence[float], scale: float 
     return np.stack([(v - m) / s for m, s in zip(mean, std)]).astype(np.float32)
 
 
-# SCRFD's blob: (v - 127.5) / 128 for every channel (the detector cards' mean, std and pixel scale).
+# SCRFD's blob, the same for every SCRFD model (insightface fixes it, not the model file): (v - 127.5) / 128
+# per channel. The one place this rule lives: detector cards carry no mean or std (docs/models.md, SCRFD).
 SCRFD_LUT = normalisation_lut((127.5,) * 3, (128.0,) * 3, scale=1.0)
 
 
 def resize_crop(crop: np.ndarray, out: np.ndarray) -> None:
     """Write `crop` resized to `out`'s S x S (cv2 INTER_LINEAR, aspect not kept) into `out` [S, S, 3]."""
     out[...] = cv2.resize(crop, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_LINEAR)
-
-
-def resize_crops(crops: Sequence[np.ndarray], size: int) -> np.ndarray:
-    """Stack crops resized to size x size into uint8 [N, S, S, 3] (see `resize_crop`)."""
-    out = np.empty((len(crops), size, size, 3), np.uint8)
-    for crop, slot in zip(crops, out):
-        resize_crop(crop, slot)
-    return out
 
 
 def letterbox(frame: np.ndarray, input_size: tuple[int, int], out: np.ndarray) -> float:

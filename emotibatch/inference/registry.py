@@ -94,9 +94,11 @@ class IntegrityError(RuntimeError):
 class ModelCard:
     """Everything needed to fetch, check and feed one ONNX model.
 
-    Preprocessing is `(pixels / pixel_scale - mean) / std` per RGB channel. The integrity check is `git_sha1`
-    (git blob SHA-1, published in the source repository), else `sha256`, else a sha256 pinned in the cache's
-    `pins.json` (by the user or on first use). `member` names the file inside a zip pack at `url`.
+    An emotion model's input is `(pixels / 255 - mean) / std` per RGB channel; detectors and the engagement
+    head have no `mean`/`std` (SCRFD's normalisation is fixed by insightface for every SCRFD model:
+    preprocess.SCRFD_LUT; the head takes features). The integrity check is `git_sha1` (git blob SHA-1,
+    published in the source repository), else `sha256`, else a sha256 pinned in the cache's `pins.json` (by
+    the user or on first use). `member` names the file inside a zip pack at `url`. docs/models.md lists them.
     """
 
     name: str
@@ -106,9 +108,8 @@ class ModelCard:
     git_sha1: str | None
     sha256: str | None
     input_size: int | None
-    pixel_scale: float
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, float, float] | None
+    std: tuple[float, float, float] | None
     classes: tuple[str, ...]
     feature_dim: int | None
     has_va: bool
@@ -139,7 +140,6 @@ def _emotion(
         git_sha1=git_sha1,
         sha256=None,
         input_size=input_size,
-        pixel_scale=255.0,
         mean=mean,
         std=std,
         classes=classes,
@@ -159,9 +159,8 @@ def _scrfd(name: str, pack: str) -> ModelCard:
         git_sha1=None,
         sha256=None,
         input_size=None,
-        pixel_scale=1.0,
-        mean=(127.5, 127.5, 127.5),
-        std=(128.0, 128.0, 128.0),
+        mean=None,
+        std=None,
         classes=(),
         feature_dim=None,
         has_va=False,
@@ -197,7 +196,7 @@ CARDS: Mapping[str, ModelCard] = MappingProxyType(
                 mean=_HALF,
                 std=_HALF,
             ),
-            # feature_dim 768 is not verified against the graph yet (REFERENCE §1).
+            # feature_dim 768 is not verified against the graph yet (docs/models.md, Emotion models).
             _emotion(
                 "mobilevit_va_mtl",
                 "bed5781a1af9924536638ac3786603e124ee900e",
@@ -218,9 +217,8 @@ CARDS: Mapping[str, ModelCard] = MappingProxyType(
                 git_sha1="25921a298a0ea8cd6761960ef7233aae071d7ec8",
                 sha256=None,
                 input_size=128,
-                pixel_scale=1.0,
-                mean=(0.0, 0.0, 0.0),
-                std=(1.0, 1.0, 1.0),
+                mean=None,
+                std=None,
                 classes=("Distracted", "Engaged"),
                 feature_dim=1280,
                 has_va=False,

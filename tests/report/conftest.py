@@ -21,6 +21,7 @@ from devtools import Browser, chromium
 from lectures import FPS, LECTURE_TRACKS, SECRET, Lecture
 
 from emotibatch import schema
+from emotibatch.cluster import start_local_ray
 from emotibatch.config import ExtractConfig
 from emotibatch.extract import pipeline
 from emotibatch.extract.decode import Sampling
@@ -87,7 +88,7 @@ def lecture(tmp_path_factory: pytest.TempPathFactory, mtl_path: Path, scrfd_path
     started = not ray.is_initialized()
     if started:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        pipeline.start_local_ray(address="local", num_cpus=2, log_to_driver=False)
+        start_local_ray(address="local", num_cpus=2, log_to_driver=False)
     try:
         pipeline.extract(config)
     finally:

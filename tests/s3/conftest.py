@@ -17,7 +17,7 @@ import s3fs
 import s3server
 from s3proxy import FaultProxy
 
-from emotibatch.extract import pipeline
+from emotibatch.cluster import start_local_ray
 from emotibatch.inference import registry
 from emotibatch.io import storage
 
@@ -104,7 +104,7 @@ def ray_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         for name, value in env.items():
             patch.setenv(name, value)
-        pipeline.start_local_ray(num_cpus=2, log_to_driver=False, runtime_env={"env_vars": env})
+        start_local_ray(num_cpus=2, log_to_driver=False, runtime_env={"env_vars": env})
         try:
             yield
         finally:

@@ -187,11 +187,15 @@ def test_registry_holds_every_reference_model_with_pinned_urls() -> None:
         "mbf_va_mtl",
         "mobilevit_va_mtl",
     ]
+    assert not hasattr(vgaf, "pixel_scale")  # emotion inputs are always bytes / 255 (preprocess.py)
+    assert CARDS["engagement_single_attention"].mean is None  # the head takes features, not pixels
     for card in registry.list_cards():
         if card.kind in ("emotion", "engagement"):
             assert card.url.endswith(f"/{card.filename}") and len(card.git_sha1 or "") == 40
             continue
         assert (card.input_size, card.classes, card.feature_dim, card.sha256) == (None, (), None, None)
+        # SCRFD's normalisation is preprocess.SCRFD_LUT alone: a card value here would be a second source.
+        assert (card.mean, card.std) == (None, None)
         assert "non-commercial" in card.license
     assert (
         CARDS["det_10g"].url.endswith("/model-zoo/buffalo_l.zip")
