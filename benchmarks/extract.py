@@ -40,7 +40,6 @@ from typing import Any
 import decord
 import ray
 from harness import machine
-from models import make_models
 
 from emotibatch.cluster import start_local_ray
 from emotibatch.config import ExtractConfig
@@ -50,6 +49,7 @@ from emotibatch.inference.detect import FaceDetector
 from emotibatch.inference.embed import EmotionModel
 from emotibatch.inference.preprocess import crop_faces
 from emotibatch.testing import samples
+from models import make_models
 
 WIDTH, HEIGHT, FPS = 1280, 720, 25.0
 TARGET = 0.8
