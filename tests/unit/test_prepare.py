@@ -10,6 +10,7 @@ import pytest
 from emotibatch import schema
 from emotibatch.config import ExtractConfig
 from emotibatch.extract import pipeline
+from emotibatch.extract.output import LEASE_FILE
 from emotibatch.inference import registry
 from emotibatch.testing import standins
 
@@ -30,8 +31,10 @@ def test_the_model_file_is_recorded_and_a_replaced_one_refused_on_resume(
     )
     plan = pipeline.prepare(config)
     assert schema.read_metadata(plan.faces_schema)["model_sha256"] == registry.file_sha256(model)
-    pipeline.prepare(config)  # the same file: resumable
+    plan.release()
+    pipeline.prepare(config).release()  # the same file: resumable
 
     standins.make_emotion_model(model, seed=7)  # same name, other weights
     with pytest.raises(ValueError, match=r"other settings \(model_sha256: "):
         pipeline.prepare(config)
+    assert not (tmp_path / "out" / LEASE_FILE).exists()  # a refused run leaves no lease behind
