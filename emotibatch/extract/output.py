@@ -63,7 +63,7 @@ def video_key(video_id: str) -> str:
     """The file name stem of a video: its %-quoted id cut to KEY_READABLE_CHARS, then "-" and a hash of
     the whole id. Never ".", "..", empty or starting with "_" or "." (names readers skip), never holding
     "/", always short enough, and different ids get different keys (up to the hash's collisions)."""
-    readable = urllib.parse.quote(video_id, safe="")[:KEY_READABLE_CHARS]
+    readable = urllib.parse.quote(video_id, safe="", errors="surrogatepass")[:KEY_READABLE_CHARS]
     cut = readable.rfind("%", len(readable) - 2)
     if cut >= 0:  # an escape cut short
         readable = readable[:cut]
@@ -374,13 +374,8 @@ class Lease:
             return json.loads(fs.cat_file(self.path))
         except FileNotFoundError:
             return None
-        except ValueError:  # being written by a file system without atomic writes: held, heartbeat now
-            return {
-                "owner": "?",
-                "pid": None,
-                "run_id": "?",
-                "heartbeat": datetime.now(timezone.utc).isoformat(),
-            }
+        except ValueError:  # not a lease record (a damaged file): no heartbeat, so a dead holder's
+            return {}
 
     def _write(self, *, create: bool) -> bool:
         """Write this run's record; with `create`, only where no lease exists. True when written."""

@@ -20,7 +20,7 @@ from e2e import by_video, read_table, sort_faces
 
 from emotibatch.extract import pipeline
 from emotibatch.extract.decode import Sampling
-from emotibatch.extract.output import Output, video_key
+from emotibatch.extract.output import LEASE_FILE, Output, video_key
 
 START_TIMEOUT_S = 240  # a second local Ray on a busy 2-core machine starts slowly
 
@@ -137,6 +137,7 @@ def test_killed_run_then_rerun_equals_clean_run(videos, model_args, make_config,
     assert all((out / name).is_file() or name.split("/")[1] in committed_keys for name in staged)
     assert finished_before is None or finished_before.num_rows < 2
     assert read_table(out, "runs") is None  # the killed run never got to its runs row
+    assert (out / LEASE_FILE).is_file()  # nor released its lease: the rerun takes it over (its pid is gone)
 
     rerun = pipeline.extract(make_config([inputs], out, **settings))
     clean = pipeline.extract(make_config([inputs], tmp_path / "clean", **settings))
@@ -154,6 +155,7 @@ def test_killed_run_then_rerun_equals_clean_run(videos, model_args, make_config,
     assert len(run) == 1 and run[0]["run_id"] == rerun.run_id
     assert run[0]["videos_skipped"] == (0 if finished_before is None else finished_before.num_rows)
     assert not list(out.glob("_staging/*/*")), "staging left behind"
+    assert not (out / LEASE_FILE).exists(), "the rerun left its lease"
 
 
 @pytest.mark.usefixtures("ray_cluster")

@@ -197,13 +197,14 @@ def test_of_runs_starting_together_exactly_one_gets_the_lease(tmp_path: Path) ->
             owner="elsewhere", heartbeat=(datetime.now(timezone.utc) - timedelta(minutes=11)).isoformat()
         ),
         "dead pid",  # on this host, and its process is gone: taken over at once
+        "damaged",  # not a record (no heartbeat): it must not block the output for ever
     ],
 )
 def test_a_dead_holders_lease_is_taken_over(tmp_path: Path, holder) -> None:
     if holder == "dead pid":
         child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
         holder = _lease_record(pid=int(child.stdout))
-    (tmp_path / LEASE_FILE).write_text(json.dumps(holder))
+    (tmp_path / LEASE_FILE).write_text("{" if holder == "damaged" else json.dumps(holder))
     lease = Lease(Output(str(tmp_path)), "run-2").acquire()
     assert json.loads((tmp_path / LEASE_FILE).read_text())["run_id"] == "run-2"
     lease.release()
