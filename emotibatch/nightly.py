@@ -373,7 +373,7 @@ def _summarize(
     key = video_key(video["video_id"])
     columns = [*FACE_COLUMNS, *(["features"] if engagement else [])]
     faces = pq.read_table(
-        night_output.join("faces", f"{key}.parquet"), columns=columns, filesystem=night_output.fs
+        night_output.faces_path(video["video_id"]), columns=columns, filesystem=night_output.fs
     )
     tables = summarize_lecture(faces, video, night=night, run_id=run_id, engagement=engagement)
     written = []
@@ -606,9 +606,7 @@ def run(plan: NightPlan) -> NightResult:
                 pending[lecture.video_id] = task.remote(night_output, row, plan.night, run_id, engagement)
         for lecture in plan.todo:
             if lecture.video_id in pending:
-                faces = uri_of(
-                    night_output.fs, night_output.join("faces", f"{video_key(lecture.video_id)}.parquet")
-                )
+                faces = uri_of(night_output.fs, night_output.faces_path(lecture.video_id))
                 try:
                     written = (faces, *ray.get(pending[lecture.video_id]))
                     outcomes[lecture.video_id] = LectureOutcome(lecture, "ok", files=written)

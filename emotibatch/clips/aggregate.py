@@ -33,7 +33,7 @@ from ray.data.datasource.datasink import WriteResult
 
 from emotibatch import __version__, schema
 from emotibatch.cluster import connected
-from emotibatch.extract.output import Output, video_key
+from emotibatch.extract.output import Output
 from emotibatch.io.redact import redact_uri
 
 RecipeName = Literal["afew", "vgaf", "engagewild"]
@@ -235,11 +235,11 @@ def _plan(features: str, recipe: Recipe, storage_options: dict | None) -> _Plan:
         if row["status"] != "ok":
             failed.append((row["video_id"], row["error"] or "failed"))
             continue
-        path = source.join("faces", f"{video_key(row['video_id'])}.parquet") if row["faces"] else None
+        path = source.faces_path(row["video_id"]) if row["faces"] else None
         items.append({"video_id": row["video_id"], "path": path, "duration_s": row["duration_s"]})
     # Any faces file gives the schema: the extract writes an empty one for a clip without faces.
     candidates = [i["path"] for i in items if i["path"]] + [
-        source.join("faces", f"{video_key(i['video_id'])}.parquet") for i in items if not i["path"]
+        source.faces_path(i["video_id"]) for i in items if not i["path"]
     ]
     path = next((p for p in candidates if source.fs.exists(p)), None)
     if path is None:

@@ -4,7 +4,8 @@ It runs as a Ray task per video, as soon as the video's last sampled frame is st
 frame must be there, once (a retried task may have staged a piece twice); a video with a decode error
 or a missing frame gets a failed row and no faces. Committing writes `faces/` first, then the video's
 `videos/` row, then drops its staging (output.Output.commit_video), so a rerun redoes exactly the videos
-without an ok row.
+without an ok row. The pass is idempotent: Ray retries a task whose worker died, also after its commit,
+and the retry finds the staging gone; so a video whose ok row this run already wrote is left as it is.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ from emotibatch.extract.track import assign_tracks, count_tracks
 def finalize_video(job: VideoJob, output: Output, faces_schema: pa.Schema, run_id: str) -> dict:
     """Check, track and commit one video; return its videos row."""
     video_id = job.source.video_id
+    committed = output.committed_row(video_id)
+    if committed is not None and committed["status"] == "ok" and committed["run_id"] == run_id:
+        return committed
     row = _video_row(job, run_id)
     if job.error:
         return _commit(output, job, None, {**row, "status": "failed", "error": job.error})

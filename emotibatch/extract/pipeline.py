@@ -36,9 +36,10 @@ from emotibatch.extract.decode import (
 )
 from emotibatch.extract.face_stage import FaceStage
 from emotibatch.extract.finalize import finalize_video
-from emotibatch.extract.output import Output, stage_block
+from emotibatch.extract.output import Lease, Output, stage_block, video_key
 from emotibatch.inference.detect import FaceDetector
 from emotibatch.inference.embed import EmotionModel
+from emotibatch.io.redact import redact_uri
 from emotibatch.io.sources import VideoSource, list_sources
 
 log = logging.getLogger(__name__)
@@ -113,7 +114,11 @@ def _pool_size(config: ExtractConfig, gpus: float) -> tuple[int, float]:
 
 @dataclass(frozen=True)
 class Plan:
-    """A checked job: models resolved, output writable and compatible, inputs listed. No Ray needed."""
+    """A checked job: models resolved, output leased, writable and compatible, inputs listed. No Ray needed.
+
+    The plan holds the output's lease from `prepare` on: `run` and `execute` release it when they end, and
+    whoever prepares a plan that never runs must call `release`.
+    """
 
     config: ExtractConfig
     output: Output
@@ -122,13 +127,19 @@ class Plan:
     frames_schema: pa.Schema
     run_id: str
     started: datetime
+    lease: Lease
+
+    def release(self) -> None:
+        self.lease.release()
 
 
 def prepare(config: ExtractConfig) -> Plan:
     """Everything that can fail because of the arguments, done before any work starts.
 
-    Raises ValueError (bad inputs, settings, models), ModelUnavailableError (offline) or OSError
-    (unwritable output): all are the caller's to fix.
+    Raises ValueError (bad inputs, settings, models; output.OutputBusy when another run holds the
+    output), ModelUnavailableError (offline) or OSError (unwritable output): all are the caller's to fix.
+    The output is leased before it is checked or cleared, so that --overwrite never deletes another
+    run's work.
     """
     started = datetime.now(timezone.utc)
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
@@ -156,11 +167,22 @@ def prepare(config: ExtractConfig) -> Plan:
         config.inputs, frame_folders=config.frame_folders, storage_options=config.storage_options
     )
     output = Output(config.output, config.storage_options)
-    # The models' files, not their names: a file replaced in place would mix two models' rows in one
-    # output, while the same file named by another path is the same model.
-    models = {"model_sha256": model.sha256, "detector_sha256": provenance.detector_sha256}
-    output.check_settings(config.identity() | models, overwrite=config.overwrite)
-    return Plan(config, output, tuple(sources), faces_schema, frames_schema, run_id, started)
+    inside = [uri for uri in (*config.inputs, *(s.uri for s in sources)) if output.contains(uri)]
+    if inside:
+        raise ValueError(
+            f"the input {redact_uri(inside[0])} lies inside the output {redact_uri(config.output)}; "
+            "choose an --output outside the inputs"
+        )
+    lease = Lease(output, run_id).acquire()
+    try:
+        # The models' files, not their names: a file replaced in place would mix two models' rows in one
+        # output, while the same file named by another path is the same model.
+        models = {"model_sha256": model.sha256, "detector_sha256": provenance.detector_sha256}
+        output.check_settings(config.identity() | models, overwrite=config.overwrite)
+    except BaseException:
+        lease.release()
+        raise
+    return Plan(config, output, tuple(sources), faces_schema, frames_schema, run_id, started, lease)
 
 
 def extract(config: ExtractConfig) -> RunResult:
@@ -170,8 +192,11 @@ def extract(config: ExtractConfig) -> RunResult:
 
 def run(plan: Plan) -> RunResult:
     """Run a prepared job on the cluster `--address` names, or an embedded local Ray (cluster.connected)."""
-    with connected(plan.config.address):
-        return execute(plan)
+    try:
+        with connected(plan.config.address):
+            return execute(plan)
+    finally:
+        plan.release()
 
 
 def _staged_frames(plan: Plan, work: list[dict], jobs: list[VideoJob]) -> ray.data.Dataset:
@@ -247,7 +272,15 @@ def _extract_and_commit(plan: Plan, jobs: list[VideoJob]) -> list[dict]:
 
 
 def execute(plan: Plan) -> RunResult:
-    """Run a prepared job on the current Ray cluster (see module docstring); return what it did."""
+    """Run a prepared job on the current Ray cluster (see module docstring); return what it did. Releases
+    the plan's lease when it ends, also on an error."""
+    try:
+        return _execute(plan)
+    finally:
+        plan.release()
+
+
+def _execute(plan: Plan) -> RunResult:
     config, output, sources, run_id = plan.config, plan.output, plan.sources, plan.run_id
     finished = output.finished()
     todo = [s for s in sources if s.video_id not in finished]
@@ -256,8 +289,9 @@ def execute(plan: Plan) -> RunResult:
     )
 
     # A video whose staging outlived its commit (a task retried after the commit) is dropped here.
-    for video_id in output.staged_videos() & finished:
-        output.drop_staged(video_id)
+    by_key = {video_key(video_id): video_id for video_id in finished}
+    for key in output.staged_keys() & by_key.keys():
+        output.drop_staged(by_key[key])
 
     rows = _extract_and_commit(plan, probe_all(todo, config) if todo else [])
     ended = datetime.now(timezone.utc)
@@ -281,7 +315,5 @@ def execute(plan: Plan) -> RunResult:
         "frames_per_s": sampled / wall if wall else 0.0,
         "faces_per_s": faces / wall if wall else 0.0,
     }
-    output.write_table(
-        output.join("runs", f"{run_id}.parquet"), pa.Table.from_pylist([run], schema=schema.RUNS)
-    )
+    output.write_table(output.run_path(run_id), pa.Table.from_pylist([run], schema=schema.RUNS))
     return RunResult(run_id, config.output, rows, run)

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from emotibatch import schema
 from emotibatch.extract.decode import DecodeError, Sampling, Segment, decode_segment, probe, sample_indices
-from emotibatch.extract.output import Output, video_key
+from emotibatch.extract.output import Output
 from emotibatch.io import files
 from emotibatch.io.redact import redact_uri
 from emotibatch.io.sources import VideoSource
@@ -127,7 +127,7 @@ def render_clip(
     # The clip's first frame shows the faces of the last sampled frame at or before it.
     before = np.asarray([] if sampled is None else sampled[sampled <= first])
     low = int(before[-1]) if len(before) else 0
-    path = source_output.join("faces", f"{video_key(row['video_id'])}.parquet")
+    path = source_output.faces_path(row["video_id"])
     faces = None
     if source_output.fs.exists(path):
         span = [("frame_index", ">=", low), ("frame_index", "<", stop)]

@@ -56,7 +56,7 @@ from emotibatch.extract.decode import (
     decode_segment,
     sample_indices,
 )
-from emotibatch.extract.output import SETTINGS_FILE, Output, video_key
+from emotibatch.extract.output import Output
 from emotibatch.io import files
 from emotibatch.io.redact import redact_uri
 from emotibatch.io.sources import VideoSource
@@ -1003,10 +1003,9 @@ def _predictions_title(source: str | pa.Table, table: pa.Table) -> str:
 
 def read_settings(output: Output, runs: pa.Table | None) -> dict[str, Any]:
     """The settings the output's rows were made with: its settings file, else the latest run's."""
-    path = output.join(SETTINGS_FILE)
-    if output.fs.exists(path):
-        with output.fs.open(path, "r") as f:
-            return json.load(f)
+    settings = output.read_settings()
+    if settings is not None:
+        return settings
     if runs is not None and len(runs):
         return json.loads(runs.sort_by("started_at")["settings"][-1].as_py())
     return {}
@@ -1059,7 +1058,7 @@ def build_report(
     sections, counts, dominant, provenance = [], {}, {}, None
     for video_id in chosen:
         row = rows[video_id]
-        path = output.join("faces", f"{video_key(video_id)}.parquet")
+        path = output.faces_path(video_id)
         summary = thumbs = None
         if row["status"] == "ok" and output.fs.exists(path):
             faces = pq.read_table(path, columns=columns, filesystem=output.fs)

@@ -31,6 +31,7 @@ from jobs_helpers import KEY_ID, ROOT, SECRET, make_lecture, set_age, write_enga
 from emotibatch import nightly
 from emotibatch.cli import cli
 from emotibatch.config import ExtractConfig
+from emotibatch.extract.output import Output, video_key
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 MARKER = ".done"
@@ -105,7 +106,7 @@ def test_each_lecture_once_failures_retried_uploads_waited(tmp_path: Path, model
 
     # One report per lecture that ended ok, and the night's index linking them.
     reports = sorted(p.name for p in (night1 / "reports").iterdir())
-    assert reports == ["course1%2Fweek1.mp4.html", "course1%2Fweek2.mp4.html"]
+    assert reports == sorted(f"{video_key(v)}.html" for v in ("course1/week1.mp4", "course1/week2.mp4"))
     index = (night1 / "index.html").read_text()
     assert all(
         f"reports/{name.replace('%', '%25')}" in index or f"reports/{name}" in index for name in reports
@@ -179,15 +180,18 @@ def test_each_lecture_once_failures_retried_uploads_waited(tmp_path: Path, model
     assert sorted(ok["video_id"].to_pylist()) == sorted(LECTURES)
     failed = processed.filter(pc.equal(processed["status"], "failed"))
     assert failed["night"].to_pylist() == [date(2026, 3, 1), date(2026, 3, 2)]
-    faces = sorted(p.parent.parent.name + "/" + p.name for p in out.glob("date=*/faces/*.parquet"))
-    assert faces == [
-        "date=2026-03-01/course1%2Fweek1.mp4.parquet",
-        "date=2026-03-01/course1%2Fweek2.mp4.parquet",
-        "date=2026-03-03/course2%2Fbroken.mp4.parquet",
-        "date=2026-03-03/course2%2Funmarked.mp4.parquet",
-        "date=2026-03-03/course2%2Fyoung.mp4.parquet",
-        "date=2026-03-03/course3%2Fnew.mp4.parquet",
-    ]
+    faces = sorted(str(p) for p in out.glob("date=*/faces/*.parquet"))
+    assert faces == sorted(
+        Output(str(out / night)).faces_path(video_id)
+        for night, video_id in [
+            ("date=2026-03-01", "course1/week1.mp4"),
+            ("date=2026-03-01", "course1/week2.mp4"),
+            ("date=2026-03-03", "course2/broken.mp4"),
+            ("date=2026-03-03", "course2/unmarked.mp4"),
+            ("date=2026-03-03", "course2/young.mp4"),
+            ("date=2026-03-03", "course3/new.mp4"),
+        ]
+    )
     videos = _table(out / "date=2026-03-03/videos")
     assert set(videos["source_stamp"].to_pylist()) == {o.lecture.stamp for o in third.lectures}
 
@@ -258,7 +262,8 @@ def test_lectures_on_s3_aged_by_last_modified_known_by_etag(
     ]
     settled = night(0)
     assert _tried(settled) == {"c1/a.mp4": "ok"}
-    assert settled.lectures[0].files[0] == f"s3://{bucket}/out/date=2026-05-01/faces/c1%2Fa.mp4.parquet"
+    faces = Output(f"s3://{bucket}/out/date=2026-05-01", options).faces_path("c1/a.mp4")
+    assert settled.lectures[0].files[0] == f"s3://{faces}"
     s3.invalidate_cache()
     with s3.open(f"{bucket}/out/_nightly/processed.parquet", "rb") as f:
         processed = pq.read_table(f).to_pylist()

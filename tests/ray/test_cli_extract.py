@@ -15,6 +15,7 @@ from e2e import N_FRAMES, TRACKS, assert_faces_match, by_video, invoke, read_tab
 
 from emotibatch.config import ExtractConfig
 from emotibatch.extract import pipeline
+from emotibatch.extract.output import LEASE_FILE, Lease, Output
 from emotibatch.testing import samples, standins
 
 SECRET, KEY, PASSWORD, SIGNATURE = "S3CR3T-VALUE", "AKIAEXAMPLEKEY", "p4ssw0rd", "SIGN4TURE"
@@ -105,6 +106,7 @@ def test_bad_inputs_reruns_and_exit_codes(ray_cluster, videos, bad_inputs, model
         PRESIGNED not in settings["inputs"]
         and "https://127.0.0.1:9/bucket/presigned.mp4" in settings["inputs"]
     )
+    assert not (out / LEASE_FILE).exists(), "the run left its lease"
     _no_secrets(first.output, "the CLI output")
     for path in out.rglob("*"):
         if path.is_file():
@@ -223,6 +225,44 @@ def test_resume_with_a_detector_replaced_in_place_exits_2(no_job, videos, models
     result = invoke([*args, "--detector", f"models/{detector.name}"], env=WIDE)
     assert result.exit_code == 2, result.output
     assert "detector_sha256" in result.output and "--overwrite" in result.output
+
+
+def test_a_second_run_at_once_exits_2_naming_the_holder(no_job, videos, model_args, tmp_path):
+    out = tmp_path / "out"
+    holder = Lease(Output(str(out)), "the-first-run").acquire()
+    try:
+        second = invoke(["extract", videos["small"], "-o", out, *model_args], env=WIDE)
+    finally:
+        holder.release()
+    assert second.exit_code == 2, second.output
+    assert "is being written by run the-first-run" in second.output and "pid" in second.output
+    assert not (out / "_emotibatch.json").exists()  # refused before the output was touched
+
+
+def test_overwrite_never_deletes_the_users_files(no_job, videos, model_args, tmp_path):
+    """OUT is a project folder with the user's videos/ and runs/ files: --overwrite refuses (exit 2) and
+    deletes nothing, and an input inside OUT is refused too."""
+    project = tmp_path / "project"
+    (project / "videos").mkdir(parents=True)
+    (project / "runs").mkdir()
+    lecture = project / "videos" / "lecture.mp4"
+    shutil.copy(videos["small"], lecture)
+    (project / "runs" / "notes.txt").write_text("the user's notes")
+    expected = {
+        videos["small"]: ("only emotibatch's own files", "lecture.mp4", "notes.txt", "another --output"),
+        lecture: (f"the input {lecture} lies inside the output {project}",),
+    }
+    for source, phrases in expected.items():
+        result = invoke(["extract", source, "-o", project, *model_args, "--overwrite"], env=WIDE)
+        assert result.exit_code == 2, result.output
+        text = " ".join(result.output.split())
+        assert all(phrase in text for phrase in phrases), text
+        assert sorted(str(p.relative_to(project)) for p in project.rglob("*")) == [
+            "runs",
+            "runs/notes.txt",
+            "videos",
+            "videos/lecture.mp4",
+        ]
 
 
 def test_help_documents_exit_codes_and_options():

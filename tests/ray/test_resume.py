@@ -20,6 +20,7 @@ from e2e import by_video, read_table, sort_faces
 
 from emotibatch.extract import pipeline
 from emotibatch.extract.decode import Sampling
+from emotibatch.extract.output import LEASE_FILE, Output, video_key
 
 START_TIMEOUT_S = 240  # a second local Ray on a busy 2-core machine starts slowly
 
@@ -132,9 +133,11 @@ def test_killed_run_then_rerun_equals_clean_run(videos, model_args, make_config,
     finished_before = read_table(out, "videos")
     committed = set() if finished_before is None else set(finished_before["video_id"].to_pylist())
     # What it staged whole survives the kill, unless its video was committed (which drops its staging).
-    assert all((out / name).is_file() or name.split("/")[1] in committed for name in staged)
+    committed_keys = {video_key(video_id) for video_id in committed}
+    assert all((out / name).is_file() or name.split("/")[1] in committed_keys for name in staged)
     assert finished_before is None or finished_before.num_rows < 2
     assert read_table(out, "runs") is None  # the killed run never got to its runs row
+    assert (out / LEASE_FILE).is_file()  # nor released its lease: the rerun takes it over (its pid is gone)
 
     rerun = pipeline.extract(make_config([inputs], out, **settings))
     clean = pipeline.extract(make_config([inputs], tmp_path / "clean", **settings))
@@ -152,6 +155,7 @@ def test_killed_run_then_rerun_equals_clean_run(videos, model_args, make_config,
     assert len(run) == 1 and run[0]["run_id"] == rerun.run_id
     assert run[0]["videos_skipped"] == (0 if finished_before is None else finished_before.num_rows)
     assert not list(out.glob("_staging/*/*")), "staging left behind"
+    assert not (out / LEASE_FILE).exists(), "the rerun left its lease"
 
 
 @pytest.mark.usefixtures("ray_cluster")
@@ -163,11 +167,12 @@ def test_staging_left_by_a_finished_video_is_dropped_by_the_next_run(videos, mak
     first = pipeline.extract(config)
     assert [v["status"] for v in first.videos] == ["ok"]
     faces = read_table(out, "faces")
-    stale = out / "_staging" / "small" / "00000-0000000000-0000000000.parquet"
+    staging = Path(Output(str(out)).staging_dir("small"))
+    stale = staging / "00000-0000000000-0000000000.parquet"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"a piece staged after the commit")
 
     again = pipeline.extract(config)
     assert again.videos == [] and again.run["videos_skipped"] == 1
-    assert not (out / "_staging" / "small").exists()
+    assert not staging.exists()
     assert read_table(out, "faces").equals(faces)

@@ -61,7 +61,7 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "faces_per_s": 7.5,
     }
     output = Output(str(root))
-    output.write_table(output.join("runs", "run-1.parquet"), pa.Table.from_pylist([run], schema.RUNS))
+    output.write_table(output.run_path("run-1"), pa.Table.from_pylist([run], schema.RUNS))
     return root
 
 

@@ -11,6 +11,7 @@ import pytest
 from emotibatch import schema
 from emotibatch.config import ExtractConfig
 from emotibatch.extract import pipeline
+from emotibatch.extract.output import LEASE_FILE
 from emotibatch.inference import registry
 from emotibatch.testing import standins
 
@@ -31,11 +32,13 @@ def test_the_model_file_is_recorded_and_a_replaced_one_refused_on_resume(
     )
     plan = pipeline.prepare(config)
     assert schema.Provenance.from_schema(plan.faces_schema).model_sha256 == registry.file_sha256(model)
-    pipeline.prepare(config)  # the same file: resumable
+    plan.release()
+    pipeline.prepare(config).release()  # the same file: resumable
 
     standins.make_emotion_model(model, seed=7)  # same name, other weights
     with pytest.raises(ValueError, match=r"other settings \(model_sha256: "):
         pipeline.prepare(config)
+    assert not (tmp_path / "out" / LEASE_FILE).exists()  # a refused run leaves no lease behind
 
 
 def _config(tmp_path: Path, model: str, detector: str) -> ExtractConfig:
@@ -54,6 +57,7 @@ def test_a_detector_replaced_in_place_is_refused_on_resume(
     shutil.copy(scrfd_path, detector)
     config = _config(tmp_path, str(emotion_path), str(detector))
     plan = pipeline.prepare(config)
+    plan.release()
     provenance = schema.Provenance.from_schema(plan.faces_schema)
     assert provenance.detector_sha256 == registry.file_sha256(detector)
     assert provenance.detector == str(detector)  # how it was given, for people
@@ -61,7 +65,7 @@ def test_a_detector_replaced_in_place_is_refused_on_resume(
     standins.make_scrfd_model(detector, batched=True)  # same name, another file
     with pytest.raises(ValueError, match=r"other settings \(detector_sha256: .*--overwrite"):
         pipeline.prepare(config)
-    pipeline.prepare(dataclasses.replace(config, overwrite=True))  # the fix the message names
+    pipeline.prepare(dataclasses.replace(config, overwrite=True)).release()  # the fix the message names
 
 
 def test_the_same_model_files_by_another_path_resume(
@@ -69,10 +73,11 @@ def test_the_same_model_files_by_another_path_resume(
 ) -> None:
     shutil.copytree(emotion_path.parent, tmp_path / "models")
     model, detector = (tmp_path / "models" / p.name for p in (emotion_path, scrfd_path))
-    pipeline.prepare(_config(tmp_path, str(model), str(detector)))
+    pipeline.prepare(_config(tmp_path, str(model), str(detector))).release()
     monkeypatch.chdir(tmp_path)
     relative = _config(tmp_path, f"models/{model.name}", f"./models/../models/{detector.name}")
     plan = pipeline.prepare(relative)  # not refused as "other settings"
+    plan.release()
     provenance = schema.Provenance.from_schema(plan.faces_schema)
     assert (provenance.model_sha256, provenance.detector_sha256) == (
         registry.file_sha256(model),
@@ -91,5 +96,7 @@ def test_face_crops_record_no_detector(emotion_path: Path, tmp_path: Path) -> No
         frame_folders=True,
         faces_cropped=True,
     )
-    provenance = schema.Provenance.from_schema(pipeline.prepare(config).faces_schema)
+    plan = pipeline.prepare(config)
+    plan.release()
+    provenance = schema.Provenance.from_schema(plan.faces_schema)
     assert (provenance.detector, provenance.detector_sha256) == (None, None)
