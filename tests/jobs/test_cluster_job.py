@@ -40,6 +40,8 @@ EXCLUDES = [".venv", ".venv-moto", ".git", "*.egg-info", ".pytest_cache", ".ruff
 VIDEOS = ("lecture_a", "lecture_b")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
+pytestmark = pytest.mark.slow  # a `ray start` head, then `ray job submit`
+
 
 @pytest.fixture(scope="module")
 def head(moto: str) -> Iterator[dict]:

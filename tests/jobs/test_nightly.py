@@ -31,7 +31,7 @@ from jobs_helpers import KEY_ID, ROOT, SECRET, make_lecture, set_age, write_enga
 from emotibatch import nightly
 from emotibatch.config import ExtractConfig
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
+pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.slow]
 MARKER = ".done"
 JOB_TIMEOUT_S = 300
 LECTURES = (

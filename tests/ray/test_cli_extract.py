@@ -57,6 +57,7 @@ ERRORS = {
 }
 
 
+@pytest.mark.slow
 def test_bad_inputs_reruns_and_exit_codes(ray_cluster, videos, bad_inputs, model_args, tmp_path, monkeypatch):
     out = tmp_path / "out"
     inputs = [videos["small"], videos["noface"], *bad_inputs.values()]
@@ -226,6 +227,7 @@ def test_help_documents_exit_codes_and_options():
         assert option in text, option
 
 
+@pytest.mark.slow
 def test_output_uri_credentials_never_shown(ray_cluster, model_args, monkeypatch):
     """An output URI with user info is shown redacted: in the summary and in the refusal of a rerun."""
     path = f"bucket/out-{uuid.uuid4().hex}"

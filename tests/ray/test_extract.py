@@ -29,7 +29,7 @@ from emotibatch.inference.embed import EmotionModel
 from emotibatch.inference.preprocess import crop_faces, normalisation_lut
 from emotibatch.io.sources import VideoSource
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
+pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.slow]
 
 EVERY_5 = list(range(0, N_FRAMES, 5))
 FPS_4 = [0, 6, 13, 19, 25, 31, 38, 44]  # nearest frame to k / 4 s at 25 fps, ties (12.5, 37.5) up

@@ -16,7 +16,7 @@ from emotibatch.inference.preprocess import crop_faces
 from emotibatch.testing import samples
 from emotibatch.testing.samples import FaceTrack
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
+pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.slow]
 
 RATE = 10.0
 # 160x96 frames are letterboxed at scale 4: a 16 px square on multiples of 8 is the detector's 64 on 32.

@@ -14,6 +14,8 @@ from lectures import LECTURE_TRACKS, Lecture
 from emotibatch.cli import cli
 from emotibatch.reports.render import render_clip
 
+pytestmark = pytest.mark.slow  # every test renders the `lecture` fixture's real extract
+
 
 def _frames(path: Path) -> tuple[str, list[np.ndarray]]:
     with av.open(str(path)) as container:

@@ -83,6 +83,7 @@ def test_no_face_image_without_thumbnails(reports: dict[str, Path]) -> None:
     assert reports["synthetic"].read_text().count("<svg") == 4  # plots are inline SVG, not images
 
 
+@pytest.mark.slow
 def test_thumbnails_are_one_small_crop_per_track(lecture_report: Path) -> None:
     page = Page.read(lecture_report)
     _self_contained(page)
@@ -103,6 +104,7 @@ def test_unreadable_source_is_said_instead_of_thumbnails(synthetic: Path, tmp_pa
     assert page.sections["v1"].says("No thumbnails: the source video could not be read (not found: lecture")
 
 
+@pytest.mark.slow
 def test_a_real_extract(lecture_report: Path) -> None:
     """Valence and arousal of the MTL model, the run's options (credentials removed), tracks by time."""
     text = lecture_report.read_text()

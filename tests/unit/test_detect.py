@@ -100,6 +100,7 @@ def reference_frames() -> list[np.ndarray]:
     return frames
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("fixture", "path_of"), [("scrfd_path", "cpu"), ("scrfd_batched_path", "cpu"), ("scrfd_path", "cuda")]
 )
@@ -126,6 +127,7 @@ def test_equals_insightface_scrfd(request: pytest.FixtureRequest, fixture: str, 
     assert total >= 10, "the frames should hold faces, or equality proves little"
 
 
+@pytest.mark.slow
 def test_frames_per_call_default_to_the_device(request: pytest.FixtureRequest, scrfd_path: Path) -> None:
     assert FaceDetector.load(str(scrfd_path), device="cpu").batch_size == 4
     assert FaceDetector.load(str(scrfd_path), device="cpu", batch_size=7).batch_size == 7

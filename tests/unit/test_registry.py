@@ -472,6 +472,7 @@ def _resolve_in_child(card: ModelCard, cache: str, barrier: object, results: obj
     results.put(str(resolve_card(card, cache_dir=cache)))  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 def test_concurrent_processes_download_once_and_share_one_good_file(
     server: FakeServer, isolated: Path
 ) -> None:

@@ -13,6 +13,8 @@ from onnx import numpy_helper
 
 from emotibatch.testing import standins
 
+pytestmark = pytest.mark.slow  # building EfficientNet-B0's graph takes seconds
+
 
 @pytest.fixture(scope="module")
 def enet_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
