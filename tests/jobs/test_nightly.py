@@ -199,7 +199,9 @@ def _job_module():
     return module
 
 
-def test_job_exit_codes(tmp_path: Path, model_args: list[str]) -> None:
+def test_job_exits_0_with_a_failed_lecture_2_on_bad_usage_3_with_strict(
+    tmp_path: Path, model_args: list[str]
+) -> None:
     """0 with a failed lecture (listed), 2 for bad usage, 3 with --strict: the failure is tried again."""
     prefix, out = tmp_path / "lectures", tmp_path / "out"
     make_lecture(prefix / "good.mp4")

@@ -105,7 +105,7 @@ def test_unreadable_source_is_said_instead_of_thumbnails(synthetic: Path, tmp_pa
 
 
 @pytest.mark.slow
-def test_a_real_extract(lecture_report: Path) -> None:
+def test_a_real_extract_shows_valence_arousal_redacted_options_and_tracks(lecture_report: Path) -> None:
     """Valence and arousal of the MTL model, the run's options (credentials removed), tracks by time."""
     text = lecture_report.read_text()
     assert SECRET not in text
@@ -239,7 +239,7 @@ def test_report_and_index_on_a_bucket() -> None:
     assert page.sections["reports"].says("1 inputs failed")
 
 
-def test_cli_report(synthetic: Path, tmp_path: Path) -> None:
+def test_cli_report_writes_one_video_page_where_told(synthetic: Path, tmp_path: Path) -> None:
     target = tmp_path / "deep" / "one.html"
     result = CliRunner().invoke(cli, ["report", str(synthetic), "--video", "lecture", "--html", str(target)])
     assert result.exit_code == 0, result.output

@@ -111,7 +111,9 @@ def test_a_given_validation_split_scores_held_out_clips(
     assert np.array(model.metrics_["confusion_matrix"]).sum() == 15
 
 
-def test_a_validation_split_extracted_apart(corpus: dict[str, Path], tmp_path: Path) -> None:
+def test_a_validation_split_extracted_apart_is_scored_and_must_match(
+    corpus: dict[str, Path], tmp_path: Path
+) -> None:
     model = classify.fit(
         str(corpus["train_only"]),
         str(corpus["afew_train"]),
@@ -145,7 +147,7 @@ def test_a_validation_split_extracted_apart(corpus: dict[str, Path], tmp_path: P
         )
 
 
-def test_the_model_directory(afew_model: Path) -> None:
+def test_the_model_directory_holds_model_card_metrics_and_confusion_plot(afew_model: Path) -> None:
     assert sorted(p.name for p in afew_model.iterdir()) == [
         "confusion_matrix.png",
         "metrics.json",
@@ -317,7 +319,9 @@ def test_another_estimator_of_the_tasks_kind(corpus: dict[str, Path], tmp_path: 
     assert logistic.metrics_["balanced_accuracy"] > 0.75, logistic.metrics_
 
 
-def test_cli_fit_and_predict(corpus: dict[str, Path], tmp_path: Path) -> None:
+def test_cli_fit_and_predict_report_label_joins_and_refuse_unusable_features(
+    corpus: dict[str, Path], tmp_path: Path
+) -> None:
     runner = CliRunner()
     fit = runner.invoke(
         cli,

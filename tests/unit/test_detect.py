@@ -28,7 +28,7 @@ def frame_with_faces(
     return frame
 
 
-def test_known_positions(scrfd_path: Path) -> None:
+def test_drawn_faces_are_found_where_drawn_at_every_letterbox_scale(scrfd_path: Path) -> None:
     detector = FaceDetector.load(str(scrfd_path), device="cpu")
     # (frame size, faces in source pixels). 1280x720 is letterboxed at scale 1/2 and 1920x1080 at 1/3, so
     # sides and centres are the detector's (16/32/64 px on multiples of 8/16/32) times 2 or 3.
