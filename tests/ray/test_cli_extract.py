@@ -58,7 +58,9 @@ ERRORS = {
 
 
 @pytest.mark.slow
-def test_bad_inputs_reruns_and_exit_codes(ray_cluster, videos, bad_inputs, model_args, tmp_path, monkeypatch):
+def test_bad_inputs_fail_alone_exit_3_and_reruns_keep_finished_videos(
+    ray_cluster, videos, bad_inputs, model_args, tmp_path, monkeypatch
+):
     out = tmp_path / "out"
     inputs = [videos["small"], videos["noface"], *bad_inputs.values()]
     head = ["extract", *inputs, "-o", out, *model_args, "--storage-options", STORAGE_OPTIONS]

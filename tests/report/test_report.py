@@ -167,7 +167,7 @@ def test_summary_bins_are_exact_pools_of_sampled_frames() -> None:
     assert (start, emotion) == (0.0, 4) and width == pytest.approx(2499 / fps)
 
 
-def test_engagement_and_predictions(synthetic: Path, tmp_path: Path) -> None:
+def test_engagement_and_predictions_are_shown_per_track_and_window(synthetic: Path, tmp_path: Path) -> None:
     starts = np.arange(0.0, 30.0, 10.0)
     engagement = pa.table(
         {
