@@ -283,24 +283,6 @@ def test_sample_set_videos_show_their_faces(tmp_path: Path) -> None:
             assert boxes(frame) == sorted(expected_faces(SAMPLE_SET[path.stem], index))
 
 
-def test_face_tracks_snap_to_the_stride_and_are_validated() -> None:
-    track = FaceTrack(32, (16, 16), (64, 16), first=10, last=13)
-    assert [track.center(i) for i in (9, 10, 11, 12, 13, 14)] == [
-        None,
-        (16, 16),
-        (32, 16),
-        (48, 16),
-        (64, 16),
-        None,
-    ]
-    with pytest.raises(ValueError, match="multiples of side/2 = 16"):
-        FaceTrack(32, (20, 16), (64, 16), first=0, last=9)
-    with pytest.raises(ValueError, match="side must be one of"):
-        FaceTrack(24, (12, 12), (12, 12), first=0, last=9)
-    with pytest.raises(ValueError, match="covers the stamp"):
-        render_frame(TRACKS, 99, width=W, height=72, stamp=True)
-
-
 @pytest.fixture(scope="module")
 def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return make_bad_inputs(tmp_path_factory.mktemp("bad"))
