@@ -40,6 +40,8 @@ EXCLUDES = [".venv", ".venv-moto", ".git", "*.egg-info", ".pytest_cache", ".ruff
 VIDEOS = ("lecture_a", "lecture_b")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
+pytestmark = pytest.mark.slow  # a `ray start` head, then `ray job submit`
+
 
 @pytest.fixture(scope="module")
 def head(moto: str) -> Iterator[dict]:
@@ -131,7 +133,9 @@ def test_job_api_needs_the_token(head: dict) -> None:
     assert caught.value.code == 401
 
 
-def test_extract_job_on_local_files(head: dict, tmp_path: Path, model_args: list[str]) -> None:
+def test_submitted_extract_job_writes_every_lectures_rows(
+    head: dict, tmp_path: Path, model_args: list[str]
+) -> None:
     videos = [make_lecture(tmp_path / f"{name}.mp4") for name in VIDEOS]
     out = tmp_path / "out"
     args = [*map(str, videos), "--output", str(out), "--fps", "1", *model_args]
@@ -145,7 +149,9 @@ def test_extract_job_on_local_files(head: dict, tmp_path: Path, model_args: list
     assert pq.read_table(out / "faces").num_rows == 16
 
 
-def test_extract_job_on_s3(head: dict, moto: str, tmp_path: Path) -> None:
+def test_submitted_extract_job_on_s3_leaves_no_credentials_in_its_log(
+    head: dict, moto: str, tmp_path: Path
+) -> None:
     s3 = s3fs.S3FileSystem(key=KEY_ID, secret=SECRET, client_kwargs={"endpoint_url": moto})
     bucket = f"emotibatch-jobs-{uuid.uuid4().hex[:8]}"
     s3.mkdir(bucket)

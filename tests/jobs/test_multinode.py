@@ -31,6 +31,7 @@ def _faces(output: Path) -> pa.Table:
     return table.sort_by(keys).replace_schema_metadata(None)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("ray_cluster")
 def test_segments_on_two_nodes_same_rows_as_one(tmp_path: Path, emotion_path: Path, scrfd_path: Path) -> None:
     videos = [str(make_lecture(tmp_path / f"lecture{i}.mp4", seed=i)) for i in range(2)]

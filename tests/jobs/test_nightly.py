@@ -33,7 +33,7 @@ from emotibatch.cli import cli
 from emotibatch.config import ExtractConfig
 from emotibatch.extract.output import Output, video_key
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
+pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.slow]
 MARKER = ".done"
 JOB_TIMEOUT_S = 300
 LECTURES = (
@@ -196,7 +196,9 @@ def test_each_lecture_once_failures_retried_uploads_waited(tmp_path: Path, model
     assert set(videos["source_stamp"].to_pylist()) == {o.lecture.stamp for o in third.lectures}
 
 
-def test_job_exit_codes(tmp_path: Path, model_args: list[str]) -> None:
+def test_job_exits_0_with_a_failed_lecture_2_on_bad_usage_3_with_strict(
+    tmp_path: Path, model_args: list[str]
+) -> None:
     """0 with a failed lecture (listed), 2 for bad usage, 3 with --strict: the failure is tried again."""
     prefix, out = tmp_path / "lectures", tmp_path / "out"
     make_lecture(prefix / "good.mp4")

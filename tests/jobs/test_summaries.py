@@ -115,6 +115,7 @@ def test_models_that_cannot_use_the_features_are_refused(tmp_path: Path, emotion
         )
 
 
+@pytest.mark.slow
 def test_fit_job_is_emotibatch_fit(tmp_path: Path) -> None:
     """`python jobs/fit.py` takes `emotibatch fit`'s options (here without Ray: --local)."""
     extract_dir, labels = write_levels_corpus(tmp_path)

@@ -16,7 +16,7 @@ from emotibatch.extract.decode import Sampling
 from emotibatch.inference import registry
 from emotibatch.testing.samples import write_synthetic_extract
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
+pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

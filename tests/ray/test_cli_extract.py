@@ -61,7 +61,10 @@ ERRORS = {
 }
 
 
-def test_bad_inputs_reruns_and_exit_codes(ray_cluster, videos, bad_inputs, model_args, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_bad_inputs_fail_alone_exit_3_and_reruns_keep_finished_videos(
+    ray_cluster, videos, bad_inputs, model_args, tmp_path, monkeypatch
+):
     out = tmp_path / "out"
     inputs = [videos["small"], videos["noface"], *bad_inputs.values()]
     head = ["extract", *inputs, "-o", out, *model_args, "--storage-options", STORAGE_OPTIONS]
@@ -286,6 +289,7 @@ def test_help_documents_exit_codes_and_options():
         assert option in text, option
 
 
+@pytest.mark.slow
 def test_output_uri_credentials_never_shown(ray_cluster, model_args, monkeypatch):
     """An output URI with user info is shown redacted: in the summary and in the refusal of a rerun."""
     path = f"bucket/out-{uuid.uuid4().hex}"

@@ -29,7 +29,7 @@ from emotibatch.inference.embed import EmotionModel
 from emotibatch.inference.preprocess import crop_faces, normalisation_lut
 from emotibatch.io.sources import VideoSource
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
+pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.slow]
 
 EVERY_5 = list(range(0, N_FRAMES, 5))
 FPS_4 = [0, 6, 13, 19, 25, 31, 38, 44]  # nearest frame to k / 4 s at 25 fps, ties (12.5, 37.5) up
@@ -149,14 +149,14 @@ def every_run(make_config, videos, tmp_path_factory):
     return config, pipeline.extract(config)
 
 
-def test_every_exact_rows(every_run, videos):
+def test_every_n_gives_the_expected_rows_and_the_models_outputs(every_run, videos):
     config, result = every_run
     faces = check_run(config, result, EVERY_5, features="float32", va=False)
     check_against_model(faces, videos["known"], config.model, [0, 10, 25])
     check_against_model(faces, videos["small"], config.model, [5, 45])
 
 
-def test_fps_exact_rows_float16_features(make_config, videos, tmp_path):
+def test_fps_gives_the_expected_rows_with_float16_features(make_config, videos, tmp_path):
     config = make_config(
         [videos["known"], videos["small"]],
         tmp_path / "out",
@@ -168,7 +168,9 @@ def test_fps_exact_rows_float16_features(make_config, videos, tmp_path):
     check_against_model(faces, videos["known"], config.model, [13, 38])
 
 
-def test_all_frames_exact_rows_no_features_auto_device(make_config, videos, mtl_path, tmp_path):
+def test_all_frames_on_device_auto_without_features_gives_the_expected_rows(
+    make_config, videos, mtl_path, tmp_path
+):
     """--all-frames with --features-dtype none and an MTL model, on device "auto": the CPU here."""
     if not runtime.cuda_available():  # "auto" is the CPU here, on the driver and on the workers
         assert runtime.providers_for("auto") == [runtime.CPU]

@@ -16,7 +16,7 @@ from emotibatch.inference.preprocess import crop_faces
 from emotibatch.testing import samples
 from emotibatch.testing.samples import FaceTrack
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
+pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.slow]
 
 RATE = 10.0
 # 160x96 frames are letterboxed at scale 4: a 16 px square on multiples of 8 is the detector's 64 on 32.
@@ -31,7 +31,7 @@ GAPS = {"clip_a": (3, 4, 9), "clip_b": ()}
 COUNTS = {"clip_a": 12, "clip_b": 6}
 
 
-def test_frame_folders_with_gaps(make_config, tmp_path):
+def test_frame_folders_keep_their_gaps_and_rows_equal_the_model(make_config, tmp_path):
     root = tmp_path / "frames"
     for name, tracks in FOLDER_TRACKS.items():
         samples.make_frame_folder(root / name, COUNTS[name], gaps=GAPS[name], faces=tracks)
@@ -72,7 +72,7 @@ def test_frame_folders_with_gaps(make_config, tmp_path):
     assert meta["settings"]["frame_folders"] is True and meta["settings"]["frame_rate"] == RATE
 
 
-def test_faces_cropped(make_config, tmp_path):
+def test_faces_cropped_are_whole_image_faces_one_track_per_folder(make_config, tmp_path):
     """Each image is a face: bbox = the whole image, det_score and landmarks null, one track per folder."""
     root = tmp_path / "crops"
     rng = np.random.default_rng(3)

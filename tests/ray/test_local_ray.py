@@ -9,7 +9,7 @@ import pytest
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 
-pytestmark = pytest.mark.usefixtures("ray_cluster")
+pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.slow]
 
 
 def test_an_idle_worker_survives_while_every_cpu_is_reserved() -> None:

@@ -24,6 +24,8 @@ from emotibatch.extract.output import LEASE_FILE, Output, video_key
 
 START_TIMEOUT_S = 240  # a second local Ray on a busy 2-core machine starts slowly
 
+pytestmark = pytest.mark.slow
+
 
 def _marked(tmpdir: str, session: int) -> list[int]:
     """Live processes of the killed run: in its session, or started with its RAY_TMPDIR."""

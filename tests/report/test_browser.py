@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from devtools import Browser, save_png
 
-PAGES = ("synthetic", "no_faces", "failed_input", "index", "lecture")
+PAGES = ("synthetic", "no_faces", "failed_input", "index", pytest.param("lecture", marks=pytest.mark.slow))
 
 
 def _not_blank(pixels: np.ndarray) -> bool:

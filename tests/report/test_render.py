@@ -14,6 +14,8 @@ from lectures import LECTURE_TRACKS, Lecture
 from emotibatch.cli import cli
 from emotibatch.reports.render import render_clip
 
+pytestmark = pytest.mark.slow  # every test renders the `lecture` fixture's real extract
+
 
 def _frames(path: Path) -> tuple[str, list[np.ndarray]]:
     with av.open(str(path)) as container:
@@ -26,7 +28,9 @@ def _drawn(rendered: np.ndarray, source: np.ndarray) -> np.ndarray:
     return np.abs(rendered.astype(int) - source.astype(int)).max(axis=2) > 60
 
 
-def test_render_a_span_by_video_id(lecture: Lecture, tmp_path: Path) -> None:
+def test_a_rendered_span_holds_each_sampled_frames_boxes_until_the_next(
+    lecture: Lecture, tmp_path: Path
+) -> None:
     out = tmp_path / "clip.mp4"
     result = render_clip("lecture", str(out), str(lecture.out), start_s=0.4, end_s=1.2)
     assert (result.video_id, result.first_frame, result.frames) == ("lecture", 10, 20)

@@ -83,6 +83,7 @@ def test_no_face_image_without_thumbnails(reports: dict[str, Path]) -> None:
     assert reports["synthetic"].read_text().count("<svg") == 4  # plots are inline SVG, not images
 
 
+@pytest.mark.slow
 def test_thumbnails_are_one_small_crop_per_track(lecture_report: Path) -> None:
     page = Page.read(lecture_report)
     _self_contained(page)
@@ -103,7 +104,8 @@ def test_unreadable_source_is_said_instead_of_thumbnails(synthetic: Path, tmp_pa
     assert page.sections["v1"].says("No thumbnails: the source video could not be read (not found: lecture")
 
 
-def test_a_real_extract(lecture_report: Path) -> None:
+@pytest.mark.slow
+def test_a_real_extract_shows_valence_arousal_redacted_options_and_tracks(lecture_report: Path) -> None:
     """Valence and arousal of the MTL model, the run's options (credentials removed), tracks by time."""
     text = lecture_report.read_text()
     assert SECRET not in text
@@ -165,7 +167,7 @@ def test_summary_bins_are_exact_pools_of_sampled_frames() -> None:
     assert (start, emotion) == (0.0, 4) and width == pytest.approx(2499 / fps)
 
 
-def test_engagement_and_predictions(synthetic: Path, tmp_path: Path) -> None:
+def test_engagement_and_predictions_are_shown_per_track_and_window(synthetic: Path, tmp_path: Path) -> None:
     starts = np.arange(0.0, 30.0, 10.0)
     engagement = pa.table(
         {
@@ -237,7 +239,7 @@ def test_report_and_index_on_a_bucket() -> None:
     assert page.sections["reports"].says("1 inputs failed")
 
 
-def test_cli_report(synthetic: Path, tmp_path: Path) -> None:
+def test_cli_report_writes_one_video_page_where_told(synthetic: Path, tmp_path: Path) -> None:
     target = tmp_path / "deep" / "one.html"
     result = CliRunner().invoke(cli, ["report", str(synthetic), "--video", "lecture", "--html", str(target)])
     assert result.exit_code == 0, result.output

@@ -25,7 +25,7 @@ from emotibatch.extract import pipeline
 from emotibatch.extract.decode import Sampling, VideoInfo, plan_segments
 from emotibatch.testing import samples, standins
 
-pytestmark = pytest.mark.usefixtures("ray_session")
+pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]
 
 FPS = 25.0
 # 320x180 is letterboxed at scale 2 into the stand-in detector's input: a 32 px square is its 64 px face.

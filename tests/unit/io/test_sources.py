@@ -53,7 +53,7 @@ def test_shared_stems_are_relative_to_the_common_root_of_several_inputs(afew: Pa
     assert ids(sources) == ["002", "Train/Happy/001", "Val/Happy/001"]
 
 
-def test_explicit_files_globs_and_missing_files(afew: Path) -> None:
+def test_explicit_files_and_globs_are_listed_and_a_missing_file_kept(afew: Path) -> None:
     sources = list_sources(
         [str(afew / "*/Happy/*.avi"), str(afew / "Train/Sad/002.avi"), str(afew / "gone.mp4")]
     )
@@ -117,7 +117,7 @@ def test_frame_folders_are_one_video_each(tmp_path: Path) -> None:
     assert (single.video_id, single.kind) == ("video2", "frames")
 
 
-def test_memory_uris_directories_and_manifests(memory_root: str) -> None:
+def test_memory_uri_directories_and_manifests_list_like_local_ones(memory_root: str) -> None:
     fs = fsspec.filesystem("memory")
     for name in ("a/one.mp4", "b/one.mp4", "b/two.webm", "notes.txt"):
         fs.pipe(f"{memory_root}/{name}", b"x")
@@ -146,18 +146,18 @@ def test_presigned_urls_are_read_as_given_and_shown_redacted() -> None:
         ("/data/what?.mp4", "/data/what?.mp4"),
     ],
 )
-def test_redact_uri(uri: str, redacted: str) -> None:
+def test_redact_uri_drops_user_info_queries_and_fragments_of_urls_only(uri: str, redacted: str) -> None:
     assert redact_uri(uri) == redacted
 
 
-def test_extra_mapping_is_stored_as_pairs() -> None:
+def test_extra_mapping_is_stored_as_pairs_and_an_unknown_kind_refused() -> None:
     source = VideoSource("/v.mp4", "v", extra={"label": 2})
     assert source.extra == (("label", 2),)
     with pytest.raises(ValueError, match="kind"):
         VideoSource("/v.mp4", "v", kind="audio")  # type: ignore[arg-type]
 
 
-def test_inputs_that_match_nothing(tmp_path: Path) -> None:
+def test_inputs_that_match_nothing_say_what_was_looked_for(tmp_path: Path) -> None:
     touch(tmp_path, "frames/v1/00001.jpg", "empty/readme.txt")
     with pytest.raises(ValueError, match=r"holds no videos \(looked for \.mp4, .*\.flv\); .*--frame-folders"):
         list_sources([str(tmp_path / "frames")])

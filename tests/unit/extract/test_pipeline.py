@@ -16,6 +16,7 @@ from emotibatch.inference import registry
 from emotibatch.testing import standins
 
 
+@pytest.mark.slow
 def test_the_model_file_is_recorded_and_a_replaced_one_refused_on_resume(
     emotion_path: Path, scrfd_path: Path, tmp_path: Path
 ) -> None:

@@ -13,6 +13,8 @@ from onnx import numpy_helper
 
 from emotibatch.testing import standins
 
+pytestmark = pytest.mark.slow  # building EfficientNet-B0's graph takes seconds
+
 
 @pytest.fixture(scope="module")
 def enet_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -23,7 +25,7 @@ def _dims(value: onnx.ValueInfoProto) -> list[int | str]:
     return [d.dim_param or d.dim_value for d in value.type.tensor_type.shape.dim]
 
 
-def test_contract_and_size(enet_path: Path) -> None:
+def test_b0_stand_in_keeps_emotiefflibs_contract_and_b0s_size(enet_path: Path) -> None:
     model = onnx.load(enet_path)
     graph = model.graph
     assert [i.name for i in graph.input] == ["input"]
@@ -38,13 +40,13 @@ def test_contract_and_size(enet_path: Path) -> None:
     assert 3.9e6 < sum(w.size for w in weights.values()) < 4.1e6
 
 
-def test_valence_arousal_head(tmp_path: Path) -> None:
+def test_va_stand_in_has_ten_outputs_at_its_input_size(tmp_path: Path) -> None:
     graph = onnx.load(standins.make_efficientnet_b0(tmp_path / "va.onnx", va=True, input_size=112)).graph
     assert _dims(graph.input[0])[1:] == [3, 112, 112]
     assert _dims(graph.output[0])[1] == 10 and graph.node[-1].op_type == "Gemm"
 
 
-def test_onnxruntime_batches(enet_path: Path) -> None:
+def test_a_face_scores_the_same_alone_and_in_a_batch(enet_path: Path) -> None:
     session = ort.InferenceSession(str(enet_path), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).normal(size=(4, 3, 224, 224)).astype(np.float32)
     (one,) = session.run(None, {"input": x[:1]})

@@ -111,7 +111,9 @@ def test_a_given_validation_split_scores_held_out_clips(
     assert np.array(model.metrics_["confusion_matrix"]).sum() == 15
 
 
-def test_a_validation_split_extracted_apart(corpus: dict[str, Path], tmp_path: Path) -> None:
+def test_a_validation_split_extracted_apart_is_scored_and_must_match(
+    corpus: dict[str, Path], tmp_path: Path
+) -> None:
     model = classify.fit(
         str(corpus["train_only"]),
         str(corpus["afew_train"]),
@@ -145,7 +147,7 @@ def test_a_validation_split_extracted_apart(corpus: dict[str, Path], tmp_path: P
         )
 
 
-def test_the_model_directory(afew_model: Path) -> None:
+def test_the_model_directory_holds_model_card_metrics_and_confusion_plot(afew_model: Path) -> None:
     assert sorted(p.name for p in afew_model.iterdir()) == [
         "confusion_matrix.png",
         "metrics.json",
@@ -178,7 +180,9 @@ def test_predict_keeps_clips_without_faces_with_a_null_prediction(
     assert np.mean([rows[f"clip{i:02d}"] == t for i, t in zip(range(45, N_CLIPS), truth)]) > 0.8
 
 
-def test_probabilities_windows_and_an_aggregate_output(corpus: dict[str, Path], tmp_path: Path) -> None:
+def test_window_probabilities_sum_to_one_and_an_aggregate_output_is_predicted(
+    corpus: dict[str, Path], tmp_path: Path
+) -> None:
     classify.fit(str(corpus["extract"]), str(corpus["vgaf"]), "vgaf", tmp_path / "m", local=True)
     table = classify.predict(
         str(corpus["extract"]), tmp_path / "m", str(tmp_path / "p.parquet"), windows=0.4, local=True
@@ -203,7 +207,9 @@ def test_probabilities_windows_and_an_aggregate_output(corpus: dict[str, Path], 
         classify.predict(str(tmp_path / "agg"), tmp_path / "m", str(tmp_path / "q.parquet"), per_track=True)
 
 
-def test_regression_scores_and_nearest_levels(corpus: dict[str, Path], tmp_path: Path) -> None:
+def test_regression_beats_the_level_variance_and_predicts_the_nearest_level(
+    corpus: dict[str, Path], tmp_path: Path
+) -> None:
     model = classify.fit(
         str(corpus["levels"]),
         str(corpus["engagement"]),
@@ -306,7 +312,9 @@ def test_bad_parameters_and_labels_of_the_wrong_kind(corpus: dict[str, Path], tm
         )
 
 
-def test_another_estimator_of_the_tasks_kind(corpus: dict[str, Path], tmp_path: Path) -> None:
+def test_svr_and_logistic_estimators_are_fitted_recorded_and_reloaded(
+    corpus: dict[str, Path], tmp_path: Path
+) -> None:
     model = classify.fit(
         str(corpus["levels"]),
         str(corpus["engagement"]),
@@ -330,7 +338,9 @@ def test_another_estimator_of_the_tasks_kind(corpus: dict[str, Path], tmp_path: 
     assert logistic.metrics_["balanced_accuracy"] > 0.75, logistic.metrics_
 
 
-def test_cli_fit_and_predict(corpus: dict[str, Path], tmp_path: Path) -> None:
+def test_cli_fit_and_predict_report_label_joins_and_refuse_unusable_features(
+    corpus: dict[str, Path], tmp_path: Path
+) -> None:
     runner = CliRunner()
     fit = runner.invoke(
         cli,

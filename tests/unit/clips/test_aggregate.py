@@ -100,7 +100,7 @@ def test_per_track_windows_keep_null_clip_windows_and_only_the_windows_a_track_i
 
 
 @pytest.mark.parametrize("duration_s", [None, 0.6])
-def test_windows_hold_every_face(duration_s: float | None) -> None:
+def test_windows_hold_every_face_even_past_the_container_duration(duration_s: float | None) -> None:
     # Frames at 0, 0.5 and 1.0 s: the last face sits on a window boundary, past a short container duration.
     out = describe_video("v", faces_table(), Recipe("afew", windows=0.5), 8, duration_s=duration_s)
     rows = out.drop_columns(["descriptor"]).to_pylist()
@@ -201,7 +201,7 @@ def test_an_extract_without_features_is_refused_clearly(tmp_path: Path) -> None:
         aggregate(str(tmp_path / "faces"), "afew", local=True)
 
 
-def test_cli_aggregate(extract: Path, tmp_path: Path) -> None:
+def test_cli_aggregate_writes_track_windows_and_exits_2_on_bad_options(extract: Path, tmp_path: Path) -> None:
     out = tmp_path / "agg"
     args = ["aggregate", "--features", extract, "--recipe", "engagewild", "--windows", "0.5", "--per-track"]
     result = CliRunner().invoke(cli, [*map(str, args), "--output", str(out), "--local"])

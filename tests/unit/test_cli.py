@@ -118,6 +118,7 @@ def test_models_pull_usage_errors_exit_2(runner: CliRunner, args: list[str], cac
     assert not cache.exists()
 
 
+@pytest.mark.slow
 def test_python_dash_m_pulls_and_shows_the_licence_once_on_stderr(cache: Path, offline_dir: Path) -> None:
     env = {**os.environ, registry.CACHE_ENV: str(cache), registry.MODEL_DIR_ENV: str(offline_dir)}
     result = subprocess.run(

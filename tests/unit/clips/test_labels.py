@@ -71,7 +71,7 @@ def test_one_id_with_two_extensions_and_two_labels_is_ambiguous() -> None:
     assert report.labels_without_video == ("a.avi", "a.mp4")
 
 
-def test_vgaf_labels_file(tmp_path: Path) -> None:
+def test_vgaf_label_numbers_map_to_classes_and_bad_lines_are_named(tmp_path: Path) -> None:
     path = write(tmp_path / "Val_labels.txt", "Vid_name Label\n10_1 1\n10_2.mp4 2\n\n11_7 3\n")
     labels = read_labels(path, "vgaf")
     assert labels.labels == {"10_1": "Positive", "10_2.mp4": "Neutral", "11_7": "Negative"}
@@ -118,7 +118,7 @@ def test_daisee_all_labels_with_spaces_in_the_header(tmp_path: Path) -> None:
     assert found == {"1100011002": "2", "1100011003": "3"} and report.matched == 2
 
 
-def test_generic_csv_and_conflicting_labels(tmp_path: Path) -> None:
+def test_generic_csv_labels_refuse_conflicts_and_missing_columns(tmp_path: Path) -> None:
     labels = read_labels(write(tmp_path / "l.csv", "video_id,label\nb,cat\na,dog\n"), "generic")
     assert labels.labels == {"b": "cat", "a": "dog"} and labels.classes == ("cat", "dog")
     with pytest.raises(ValueError, match="'a' has two labels"):

@@ -66,7 +66,9 @@ def test_equals_emotiefflib(request, reference, model_dir: Path, name: str, path
     assert out.labels == ref_labels
     assert len(set(out.labels)) > 1, "crops should not all get one label, or the label check proves little"
     _, ref_probs = ref.classify_emotions(ref_features, logits=False)
-    np.testing.assert_allclose(out.probs, ref_probs[:, :-2] if mtl else ref_probs, atol=1e-6)
+    # Softmax moves a probability by at most half the largest change of the logits (the rows of its Jacobian
+    # sum to 2p(1 - p) <= 1/2), so logits within 1e-4 give probabilities within 5e-5.
+    np.testing.assert_allclose(out.probs, ref_probs[:, :-2] if mtl else ref_probs, atol=5e-5, rtol=0)
     if mtl:
         np.testing.assert_allclose(out.valence, ref_scores[:, -2], atol=1e-4)
         np.testing.assert_allclose(out.arousal, ref_scores[:, -1], atol=1e-4)

@@ -197,6 +197,7 @@ def peak_bytes(model: EngagementModel, features: np.ndarray) -> int:
         tracemalloc.stop()
 
 
+@pytest.mark.slow
 def test_memory_stays_bounded_for_long_videos(model: EngagementModel) -> None:
     """Materialising the reference's inputs for 3000 frames would take 3.7 GB; a chunk takes a few MB."""
     short, long = (

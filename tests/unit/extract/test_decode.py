@@ -85,7 +85,7 @@ def info_of(fps: float, frame_count: int, **kwargs) -> VideoInfo:
     return VideoInfo(fps, frame_count, frame_count / fps, W, H, **kwargs)
 
 
-def test_every_n_and_all(videos: dict[str, VideoSource]) -> None:
+def test_every_n_takes_multiples_of_n_and_all_takes_every_frame(videos: dict[str, VideoSource]) -> None:
     info = probe(videos["v25"])
     assert sample_indices(info, Sampling("every", 5)).tolist() == list(range(0, 100, 5))
     assert sample_indices(info, Sampling()).tolist() == list(range(100))
@@ -255,7 +255,7 @@ def test_frame_folders_keep_gaps_and_number_frames_from_one(tmp_path: Path) -> N
         np.testing.assert_array_equal(frame, render_frame(TRACKS[:1], index, width=W, height=H, stamp=True))
 
 
-def test_frame_folder_errors(tmp_path: Path) -> None:
+def test_frame_folder_errors_name_the_duplicate_corrupt_or_missing_frames(tmp_path: Path) -> None:
     make_frame_folder(tmp_path / "dup", 2)
     (tmp_path / "dup/1.png").write_bytes((tmp_path / "dup/00001.png").read_bytes())
     with pytest.raises(DecodeError, match="are both frame 0"):
@@ -281,24 +281,6 @@ def test_sample_set_videos_show_their_faces(tmp_path: Path) -> None:
         assert (info.frame_count, info.width, info.height) == (100, 320, 180)
         for index, frame in decode_all(source, info, sample_indices(info, Sampling("every", 9))).items():
             assert boxes(frame) == sorted(expected_faces(SAMPLE_SET[path.stem], index))
-
-
-def test_face_tracks_snap_to_the_stride_and_are_validated() -> None:
-    track = FaceTrack(32, (16, 16), (64, 16), first=10, last=13)
-    assert [track.center(i) for i in (9, 10, 11, 12, 13, 14)] == [
-        None,
-        (16, 16),
-        (32, 16),
-        (48, 16),
-        (64, 16),
-        None,
-    ]
-    with pytest.raises(ValueError, match="multiples of side/2 = 16"):
-        FaceTrack(32, (20, 16), (64, 16), first=0, last=9)
-    with pytest.raises(ValueError, match="side must be one of"):
-        FaceTrack(24, (12, 12), (12, 12), first=0, last=9)
-    with pytest.raises(ValueError, match="covers the stamp"):
-        render_frame(TRACKS, 99, width=W, height=72, stamp=True)
 
 
 @pytest.fixture(scope="module")
@@ -335,7 +317,9 @@ def test_bad_inputs_give_actionable_errors(
             list(decode_segment(source, info, segment, backend=backend))  # type: ignore[arg-type]
 
 
-def test_permission_denied(videos: dict[str, VideoSource], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_unreadable_video_is_a_permission_error_naming_it(
+    videos: dict[str, VideoSource], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(decode.os, "access", lambda *_: False)  # tests may run as root
     with pytest.raises(DecodeError, match=r"permission denied: .*v25\.mp4; check its read permission"):
         probe(videos["v25"])
@@ -348,6 +332,6 @@ def test_credentials_never_reach_messages() -> None:
     assert "secret" not in str(caught.value)
 
 
-def test_decoder_threads_are_explicit(videos: dict[str, VideoSource]) -> None:
+def test_zero_decoder_threads_are_refused(videos: dict[str, VideoSource]) -> None:
     with pytest.raises(ValueError, match="num_threads must be >= 1"):
         probe(videos["v25"], num_threads=0)

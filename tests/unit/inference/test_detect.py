@@ -28,7 +28,7 @@ def frame_with_faces(
     return frame
 
 
-def test_known_positions(scrfd_path: Path) -> None:
+def test_drawn_faces_are_found_where_drawn_at_every_letterbox_scale(scrfd_path: Path) -> None:
     detector = FaceDetector.load(str(scrfd_path), device="cpu")
     # (frame size, faces in source pixels). 1280x720 is letterboxed at scale 1/2 and 1920x1080 at 1/3, so
     # sides and centres are the detector's (16/32/64 px on multiples of 8/16/32) times 2 or 3.
@@ -100,6 +100,7 @@ def reference_frames() -> list[np.ndarray]:
     return frames
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("fixture", "path_of"), [("scrfd_path", "cpu"), ("scrfd_batched_path", "cpu"), ("scrfd_path", "cuda")]
 )
@@ -126,6 +127,7 @@ def test_equals_insightface_scrfd(request: pytest.FixtureRequest, fixture: str, 
     assert total >= 10, "the frames should hold faces, or equality proves little"
 
 
+@pytest.mark.slow
 def test_frames_per_call_default_to_the_device(request: pytest.FixtureRequest, scrfd_path: Path) -> None:
     assert FaceDetector.load(str(scrfd_path), device="cpu").batch_size == 4
     assert FaceDetector.load(str(scrfd_path), device="cpu", batch_size=7).batch_size == 7

@@ -148,7 +148,7 @@ def test_a_tie_goes_to_the_same_face_whatever_the_row_order(with_scores: bool) -
     assert ids[1] == swapped[2]
 
 
-def test_no_faces() -> None:
+def test_no_faces_give_an_empty_int64_id_array_and_no_tracks() -> None:
     ids = assign_tracks(np.empty(0, np.int64), np.empty((0, 4)), np.empty(0))
     assert ids.dtype == np.int64 and ids.shape == (0,)
     assert count_tracks(ids) == 0
@@ -179,7 +179,7 @@ def test_bad_inputs_are_refused(change: dict, match: str) -> None:
         assign_tracks(**args)
 
 
-def test_scale_is_linear_in_frames() -> None:
+def test_ten_faces_circling_over_ten_thousand_frames_keep_their_ids() -> None:
     # 100k faces over 10k frames, 10 per frame circling apart; a second or so, but only the result is checked.
     grid = np.stack([np.arange(10) % 5 * 300.0, np.arange(10) // 5 * 300.0], axis=1)
     phase = np.arange(10_000)[:, None] / 50 + np.arange(10)
