@@ -32,7 +32,7 @@ import fsspec
 import onnx
 from fsspec.implementations.local import LocalFileSystem
 
-from emotibatch.io.redact import redact_uri
+from emotibatch.io.redact import clean_text, redact_uri
 
 __all__ = [
     "CACHE_ENV",
@@ -405,7 +405,7 @@ def _install(
                 fetch(tmp)
                 problem = check(tmp)
             except _BAD_COPY_ERRORS as exc:
-                problem = f"truncated or unreadable copy ({type(exc).__name__}: {exc})"
+                problem = f"truncated or unreadable copy ({type(exc).__name__}: {clean_text(str(exc))})"
             if problem is None:
                 os.replace(tmp, target)
                 return
@@ -437,7 +437,7 @@ def _fetch(
         try:
             found = fs.isfile(path)
         except OSError as exc:
-            found, reason = False, f"model dir unreadable: {exc}"
+            found, reason = False, f"model dir unreadable: {clean_text(str(exc))}"
         else:
             reason = f"not in model dir {redact_uri(model_dir)}"
         if found:
@@ -450,7 +450,7 @@ def _fetch(
     try:
         _install(target, fetch, check, f"model {card.name} from {redact_uri(card.url)}")
     except _NETWORK_ERRORS as exc:
-        raise _unavailable(card, f"{reason}; download failed: {exc}") from exc
+        raise _unavailable(card, f"{reason}; download failed: {clean_text(str(exc))}") from exc
 
 
 def resolve_card(
@@ -514,9 +514,14 @@ def _resolve_uri(uri: str, cache: Path, options: dict) -> Path:
         except OSError as exc:
             if not target.exists():
                 raise ModelUnavailableError(
-                    f"model {shown} is not cached and cannot be read ({exc})"
+                    f"model {shown} is not cached and cannot be read ({clean_text(str(exc))})"
                 ) from exc
-            logger.warning("cannot check %s for changes (%s): using the cached copy %s", shown, exc, target)
+            logger.warning(
+                "cannot check %s for changes (%s): using the cached copy %s",
+                shown,
+                clean_text(str(exc)),
+                target,
+            )
             return target
         stamp = _stamp(info)
         if target.exists() and stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp:
@@ -552,7 +557,7 @@ def load_onnx(
     try:
         return card, onnx.load(str(path)), path
     except Exception as exc:
-        raise ValueError(f"{redact_uri(model)}: not an ONNX model ({exc})") from exc
+        raise ValueError(f"{redact_uri(model)}: not an ONNX model ({clean_text(str(exc))})") from exc
 
 
 def resolve(

@@ -57,7 +57,7 @@ from emotibatch.extract.decode import (
     sample_indices,
 )
 from emotibatch.extract.output import SETTINGS_FILE, Output, video_key
-from emotibatch.io.redact import redact_uri
+from emotibatch.io.redact import clean_text, redact_uri
 from emotibatch.io.sources import VideoSource
 
 __all__ = [
@@ -672,7 +672,7 @@ def track_thumbnails(
             for track in wanted[index]:
                 out[track] = _jpeg_crop(image, boxes[best_rows[track]])
     except (DecodeError, OSError) as exc:
-        raise ValueError(str(exc)) from exc
+        raise ValueError(clean_text(str(exc))) from exc
     return out
 
 
