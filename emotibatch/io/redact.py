@@ -92,8 +92,11 @@ class RedactingFilter(logging.Filter):
 
 
 def install_log_filter() -> None:
-    """Add a `RedactingFilter` to every root handler and to logging's last-resort handler (once each):
-    handler filters see records propagated from every logger, logger filters only their own."""
-    for handler in [*logging.getLogger().handlers, logging.lastResort]:
+    """Add a `RedactingFilter` (once) to every handler configured so far: the root's, those of loggers that
+    do not propagate (Ray's), and logging's last resort. Handler filters see the records of every logger
+    that reaches them; a logger's own filters would see only the records logged on it."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    handlers = [h for lg in loggers if isinstance(lg, logging.Logger) for h in lg.handlers]
+    for handler in [*handlers, logging.lastResort]:
         if handler is not None and not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter())

@@ -119,11 +119,12 @@ def test_log_filter_cleans_messages_arguments_and_tracebacks() -> None:
     assert PASSWORD not in text and SIGNATURE not in text
 
 
-def test_install_log_filter_covers_root_handlers_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    handler = logging.StreamHandler(io.StringIO())
-    monkeypatch.setattr(logging.getLogger(), "handlers", [handler])
+def test_install_log_filter_covers_every_handler_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    root, own = logging.StreamHandler(io.StringIO()), logging.StreamHandler(io.StringIO())
+    monkeypatch.setattr(logging.getLogger(), "handlers", [root])
+    monkeypatch.setattr(logging.getLogger("emotibatch.test_redact.own"), "handlers", [own])  # like Ray's
     monkeypatch.setattr(logging.lastResort, "filters", [])
     install_log_filter()
     install_log_filter()
-    for h in (handler, logging.lastResort):
+    for h in (root, own, logging.lastResort):
         assert sum(isinstance(f, redact.RedactingFilter) for f in h.filters) == 1
