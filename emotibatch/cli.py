@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from emotibatch import nightly
 from emotibatch.clips import classify
@@ -24,7 +25,7 @@ from emotibatch.demo import run_demo
 from emotibatch.extract import pipeline
 from emotibatch.extract.decode import Sampling
 from emotibatch.inference import registry
-from emotibatch.io.redact import redact_uri
+from emotibatch.io.redact import clean_text, install_log_filter, redact_uri
 from emotibatch.reports.render import render_clip
 from emotibatch.reports.report import write_report
 
@@ -35,7 +36,7 @@ def library_errors() -> Iterator[None]:
     try:
         yield
     except (ValueError, RuntimeError, OSError) as exc:
-        raise click.ClickException(str(exc)) from exc
+        raise click.ClickException(clean_text(str(exc))) from exc
 
 
 def _storage_options(ctx: click.Context, param: click.Parameter, value: str | None) -> dict:
@@ -61,6 +62,7 @@ storage_options_option = click.option(
 def cli() -> None:
     """Facial emotion recognition at cluster scale on Ray Data."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    install_log_filter()
 
 
 @cli.group()
@@ -199,11 +201,11 @@ def extract(inputs: tuple[str, ...], fps, every, all_frames, storage_options, **
             **options,
         )
     except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise click.UsageError(clean_text(str(exc))) from None
     try:
         plan = pipeline.prepare(config)
     except (ValueError, RuntimeError, OSError) as exc:
-        raise click.UsageError(str(exc)) from None
+        raise click.UsageError(clean_text(str(exc))) from None
     with library_errors():
         result = pipeline.run(plan)
     _summary(result)
@@ -211,9 +213,12 @@ def extract(inputs: tuple[str, ...], fps, every, all_frames, storage_options, **
 
 
 def _summary(result: pipeline.RunResult) -> None:
+    """The run's counts and each failed video, every user-given text (ids, paths, errors) printed literally:
+    rich reads `[...]` in a plain string as markup (`lecture[red].mp4` would lose `[red]`, an error
+    quoting `[/]` would crash the summary)."""
     run = result.run
     console = Console()
-    table = Table(title=f"run {result.run_id}", box=box.SIMPLE_HEAD, show_header=False)
+    table = Table(title=Text(f"run {result.run_id}"), box=box.SIMPLE_HEAD, show_header=False)
     table.add_column(justify="right")
     table.add_column()
     for label, value in (
@@ -228,10 +233,10 @@ def _summary(result: pipeline.RunResult) -> None:
         ("faces/s", f"{run['faces_per_s']:.1f}"),
         ("output", redact_uri(result.output)),
     ):
-        table.add_row(label, str(value))
+        table.add_row(label, Text(str(value)))
     console.print(table)
     for video in result.failed:
-        console.print(f"[red]failed[/red] {video['video_id']}: {video['error']}", highlight=False)
+        console.print(Text.assemble(("failed", "red"), f" {video['video_id']}: {video['error']}"))
 
 
 @cli.command()
@@ -244,12 +249,12 @@ def demo(directory: str, device: str) -> None:
     with library_errors():
         result = run_demo(directory, device=device)
     console = Console()
-    console.print(result.models_note, highlight=False)
+    console.print(result.models_note, markup=False, highlight=False)
     _summary(result.result)
     faces = pq.read_table(f"{result.result.output}/faces", columns=DEMO_COLUMNS)
     console.print(f"faces/: {faces.num_rows} rows; the first few:")
-    console.print(faces.slice(0, 8).to_pandas().to_string(index=False), highlight=False)
-    console.print(f"Outputs: {result.result.output}/faces, /videos, /runs (Parquet).")
+    console.print(faces.slice(0, 8).to_pandas().to_string(index=False), markup=False, highlight=False)
+    console.print(f"Outputs: {result.result.output}/faces, /videos, /runs (Parquet).", markup=False)
 
 
 DEMO_COLUMNS = ["video_id", "frame_index", "timestamp_s", "face_index", "track_id", "emotion", "det_score"]
@@ -301,7 +306,7 @@ def aggregate_command(
     try:
         chosen = Recipe(recipe, windows, window_step, per_track, emotion_probs)
     except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
+        raise click.UsageError(clean_text(str(exc))) from None
     with library_errors():
         result = aggregate(
             features,

@@ -137,14 +137,15 @@ class ExtractConfig:
         return {k: public[k] for k in IDENTITY}
 
     def public(self) -> dict[str, Any]:
-        """All settings as JSON-able values with credentials removed: safe for logs and Parquet metadata."""
+        """All settings as JSON-able values with credentials removed: safe for logs and Parquet metadata.
+
+        Every string at any depth is scrubbed, not only the URI fields: an `--address` or a storage option's
+        endpoint_url may carry `user:password@` too.
+        """
         data = asdict(self)
         data["sampling"] = {"mode": self.sampling.mode, "value": self.sampling.value}
         data["inputs"] = [redact_uri(i) for i in self.inputs]
-        data["output"] = redact_uri(self.output)
-        data["model"] = redact_uri(self.model)
-        data["detector"] = redact_uri(self.detector)
-        data["model_dir"] = redact_uri(self.model_dir) if self.model_dir else None
+        for name in ("output", "model", "detector", "model_dir", "address"):
+            data[name] = redact_uri(data[name]) if data[name] else data[name]
         data["det_size"] = list(self.det_size)
-        data["storage_options"] = scrub(self.storage_options)
-        return json.loads(json.dumps(data, default=str))
+        return scrub(json.loads(json.dumps(data, default=str)))

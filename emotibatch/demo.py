@@ -16,6 +16,7 @@ from emotibatch.config import ExtractConfig
 from emotibatch.extract import pipeline
 from emotibatch.extract.decode import Sampling
 from emotibatch.inference import registry
+from emotibatch.io.redact import clean_text
 from emotibatch.testing import samples, standins
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def choose_models(directory: Path) -> tuple[str, str, str]:
         model = standins.make_emotion_model(directory / "standin_emotion.onnx")
         detector = standins.make_scrfd_model(directory / "standin_scrfd.onnx")
         note = (
-            f"The default models could not be had ({exc.__class__.__name__}: {str(exc).splitlines()[0]}). "
+            f"The default models could not be had ({exc.__class__.__name__}: {clean_text(str(exc).splitlines()[0])}). "
             f"Using generated stand-in models in {directory}: random weights, so the emotions are meaningless, "
             "but every step of the job runs for real. Pull the real ones with `emotibatch models pull`."
         )

@@ -84,7 +84,7 @@ from emotibatch.inference.engagement import (
     window_starts,
 )
 from emotibatch.io import files
-from emotibatch.io.redact import redact_uri
+from emotibatch.io.redact import clean_text, redact_uri
 from emotibatch.io.sources import VIDEO_EXTENSIONS, uri_of
 from emotibatch.reports import report
 from emotibatch.reports.summary import summarize_engagement
@@ -611,7 +611,7 @@ def run(plan: NightPlan) -> NightResult:
                     written = (faces, *ray.get(pending[lecture.video_id]))
                     outcomes[lecture.video_id] = LectureOutcome(lecture, "ok", files=written)
                 except ray.exceptions.RayTaskError as exc:
-                    error = f"summary failed: {type(exc.cause).__name__}: {exc.cause}"
+                    error = f"summary failed: {type(exc.cause).__name__}: {clean_text(str(exc.cause))}"
                     outcomes[lecture.video_id] = LectureOutcome(lecture, "failed", error)
     lectures = tuple(outcomes[x.video_id] for x in plan.todo)
     if any(o.status == "ok" for o in lectures):

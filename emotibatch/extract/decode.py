@@ -59,6 +59,7 @@ import pyarrow as pa
 
 from emotibatch.config import Sampling
 from emotibatch.io import storage
+from emotibatch.io.redact import clean_text
 from emotibatch.io.sources import IMAGE_EXTENSIONS, VideoSource, is_local, open_fs
 
 Backend = Literal["decord", "pyav"]
@@ -210,7 +211,9 @@ def _reason(exc: Exception) -> str:
 
 
 def _decode_error(shown: str, exc: Exception, frames: str = "") -> DecodeError:
-    return DecodeError(f"could not decode {frames}{shown}: {_reason(exc)}; {_reencode_hint(shown)}")
+    return DecodeError(
+        f"could not decode {frames}{shown}: {clean_text(_reason(exc))}; {_reencode_hint(shown)}"
+    )
 
 
 def _not_found(shown: str) -> DecodeError:

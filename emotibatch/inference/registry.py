@@ -30,7 +30,7 @@ import onnx
 from fsspec.implementations.local import LocalFileSystem
 
 from emotibatch.io import files
-from emotibatch.io.redact import redact_uri
+from emotibatch.io.redact import clean_text, redact_uri
 
 __all__ = [
     "CACHE_ENV",
@@ -378,7 +378,7 @@ def _install(
                     fetch(scratch)
                     problem = check(scratch)
                 except _BAD_COPY_ERRORS as exc:
-                    problem = f"truncated or unreadable copy ({type(exc).__name__}: {exc})"
+                    problem = f"truncated or unreadable copy ({type(exc).__name__}: {clean_text(str(exc))})"
                 if problem is not None:
                     raise _BadCopy(problem)
             return
@@ -410,7 +410,7 @@ def _fetch(
         try:
             found = fs.isfile(path)
         except OSError as exc:
-            found, reason = False, f"model dir unreadable: {exc}"
+            found, reason = False, f"model dir unreadable: {clean_text(str(exc))}"
         else:
             reason = f"not in model dir {redact_uri(model_dir)}"
         if found:
@@ -423,7 +423,7 @@ def _fetch(
     try:
         _install(target, fetch, check, f"model {card.name} from {redact_uri(card.url)}")
     except _NETWORK_ERRORS as exc:
-        raise _unavailable(card, f"{reason}; download failed: {exc}") from exc
+        raise _unavailable(card, f"{reason}; download failed: {clean_text(str(exc))}") from exc
 
 
 def resolve_card(
@@ -483,9 +483,14 @@ def _resolve_uri(uri: str, cache: Path, options: dict) -> Path:
         except OSError as exc:
             if not target.exists():
                 raise ModelUnavailableError(
-                    f"model {shown} is not cached and cannot be read ({exc})"
+                    f"model {shown} is not cached and cannot be read ({clean_text(str(exc))})"
                 ) from exc
-            logger.warning("cannot check %s for changes (%s): using the cached copy %s", shown, exc, target)
+            logger.warning(
+                "cannot check %s for changes (%s): using the cached copy %s",
+                shown,
+                clean_text(str(exc)),
+                target,
+            )
             return target
         stamp = {"size": info.get("size"), "stamp": files.stamp(info)}
         if target.exists() and stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp:
@@ -521,7 +526,7 @@ def load_onnx(
     try:
         return card, onnx.load(str(path)), path
     except Exception as exc:
-        raise ValueError(f"{redact_uri(model)}: not an ONNX model ({exc})") from exc
+        raise ValueError(f"{redact_uri(model)}: not an ONNX model ({clean_text(str(exc))})") from exc
 
 
 def resolve(

@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 import fsspec
 
 from emotibatch.io import files
-from emotibatch.io.redact import redact_uri
+from emotibatch.io.redact import clean_text, redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,6 @@ _HTTP_SCHEMES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "http", "https
 _LOCK = ".lock"
 _PART = ".part"
 _EXTENSION = re.compile(r"\.[a-z0-9]{1,10}")
-_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
 
 T = TypeVar("T")
 
@@ -111,10 +110,8 @@ def _http_status(exc: BaseException) -> tuple[int | None, str]:
 
 
 def _one_line(exc: BaseException) -> str:
-    """`exc` in one short line, URLs in it redacted (a presigned URL carries its signature)."""
-    text = " ".join(str(exc).split())
-    text = _URL.sub(lambda m: redact_uri(m.group()), text)
-    return f"{type(exc).__name__}: {text}"[:300]
+    """`exc` in one short line, credentials in it redacted (a presigned URL carries its signature)."""
+    return f"{type(exc).__name__}: {clean_text(' '.join(str(exc).split()))}"[:300]
 
 
 def _is_permanent(exc: BaseException) -> bool:

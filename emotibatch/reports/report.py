@@ -58,7 +58,7 @@ from emotibatch.extract.decode import (
 )
 from emotibatch.extract.output import Output
 from emotibatch.io import files
-from emotibatch.io.redact import redact_uri
+from emotibatch.io.redact import clean_text, redact_uri
 from emotibatch.io.sources import VideoSource
 from emotibatch.reports.summary import summarize_engagement, tracks_of, window_series
 
@@ -642,7 +642,7 @@ def track_thumbnails(
             for track in wanted[index]:
                 out[track] = _jpeg_crop(image, boxes[best_rows[track]])
     except (DecodeError, OSError) as exc:
-        raise ValueError(str(exc)) from exc
+        raise ValueError(clean_text(str(exc))) from exc
     return out
 
 

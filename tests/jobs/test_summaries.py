@@ -50,12 +50,15 @@ def test_pretrained_head_scores_long_tracks_and_says_why_not_short_ones(tmp_path
     track0 = faces.filter(pc.equal(faces["track_id"], 0))
     want = head.predict(schema.as_matrix(track0["features"]))[:, 1]
     assert timeline["track_id"].to_pylist() == [0, 0, 0]  # windows at frames 0, 1, 2
-    np.testing.assert_allclose(timeline["score"].to_numpy(), want, rtol=1e-6)
+    # the same head on the same windows, computed in float64 and stored as float32: one float32 rounding
+    np.testing.assert_allclose(timeline["score"].to_numpy(), want, rtol=float(np.finfo(np.float32).eps))
     assert timeline["prediction"].to_pylist() == [("Distracted", "Engaged")[int(p >= 0.5)] for p in want]
+    # frame / fps in float64: a few eps64 off the decimal values, far inside approx's default 1e-6
     assert timeline["window_start_s"].to_pylist() == pytest.approx([0.0, 0.1, 0.2])
     assert timeline["window_end_s"].to_pylist() == pytest.approx([12.7, 12.8, 12.9])
     t = tracks.to_pylist()
     assert [(r["track_id"], r["frames"], r["engagement_windows"]) for r in t] == [(0, 130, 3), (1, 10, 0)]
+    # means of the same float32 scores summed in another order: relative error <= n eps32 ~ 4e-7 < 1e-6
     assert t[0]["engagement_mean"] == pytest.approx(want.mean()) and t[0]["engagement_note"] is None
     assert (
         t[1]["engagement_mean"] is None and "at least 128 consecutive face frames" in t[1]["engagement_note"]
@@ -90,6 +93,7 @@ def test_fitted_model_timelines_equal_predict(tmp_path: Path) -> None:
         timeline.select(["track_id", "window_start_s"]).to_pylist()
         == predicted.select(["track_id", "window_start_s"]).to_pylist()
     )
+    # the same regressor on the same descriptors: equal up to float64 rounding (the default rtol 1e-7)
     np.testing.assert_allclose(timeline["score"].to_numpy(), predicted["score"].to_numpy())
     assert timeline["prediction"].to_pylist() == [str(p) for p in predicted["prediction"].to_pylist()]
     assert tracks["engagement_windows"].to_pylist() == [2, 2]

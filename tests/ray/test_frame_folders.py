@@ -57,7 +57,7 @@ def test_frame_folders_keep_their_gaps_and_rows_equal_the_model(make_config, tmp
             )[0]
             for r in rows
         ]
-        np.testing.assert_allclose(
+        np.testing.assert_allclose(  # the same model on the same crops, only batched otherwise: float32 noise
             [r["emotion_probs"] for r in rows], model.predict(crops).probs, rtol=1e-5, atol=1e-6
         )
         row = videos[name]
@@ -95,6 +95,7 @@ def test_faces_cropped_are_whole_image_faces_one_track_per_folder(make_config, t
     assert all(r["bbox"] == [0.0, 0.0, 48.0, 40.0] for r in rows)
     assert faces["det_score"].null_count == faces["landmarks"].null_count == len(rows)
     out = EmotionModel.load(config.model, device="cpu").predict([images[r["frame_index"]] for r in rows])
+    # the same model on the same images, only batched otherwise: a few float32 ulps at most
     np.testing.assert_allclose([r["emotion_probs"] for r in rows], out.probs, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose([r["features"] for r in rows], out.features, rtol=1e-5, atol=1e-6)
     meta = schema.read_metadata(faces.schema)

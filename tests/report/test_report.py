@@ -157,6 +157,7 @@ def test_summary_bins_are_exact_pools_of_sampled_frames() -> None:
         faces, CLASSES_8, duration_s=n / fps, fps=fps, sampled_frames=np.arange(n)
     )
     assert len(summary.edges) - 1 == 834 and summary.frames_per_bin == 3  # ceil(2500 / 1000) frames a bin
+    # bin means of small counts and of constant float32 values: exact up to float64 rounding (default rtol)
     np.testing.assert_allclose(summary.faces_mean[:-1], np.tile([2 / 3, 1 / 3], 417)[:-1])
     np.testing.assert_allclose(summary.probs[:-1, 4], 1.0)
     assert not summary.probs[-1].any() and np.isnan(summary.valence[-1])  # frame 2499 alone: no face
@@ -164,7 +165,7 @@ def test_summary_bins_are_exact_pools_of_sampled_frames() -> None:
     assert summary.arousal is None  # a column of nulls: nothing to plot
     assert summary.counts == {"Happiness": 1250}
     ((start, width, emotion),) = summary.tracks[0].lanes  # one run of Happiness, to the last face's bin
-    assert (start, emotion) == (0.0, 4) and width == pytest.approx(2499 / fps)
+    assert (start, emotion) == (0.0, 4) and width == pytest.approx(2499 / fps)  # float64 frame / fps
 
 
 def test_engagement_and_predictions_are_shown_per_track_and_window(synthetic: Path, tmp_path: Path) -> None:

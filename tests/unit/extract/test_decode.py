@@ -75,9 +75,9 @@ def test_probe_reads_rate_count_and_size(
     videos: dict[str, VideoSource], name: str, fps: float, count: int
 ) -> None:
     info = probe(videos[name])
-    assert info.fps == pytest.approx(fps, rel=1e-9)
+    assert info.fps == pytest.approx(fps, rel=1e-9)  # an exact rational (30000/1001) in float64: ~eps64
     assert (info.frame_count, info.width, info.height, info.seekable) == (count, W, H, True)
-    assert info.duration_s == pytest.approx(count / fps)
+    assert info.duration_s == pytest.approx(count / fps)  # float64 count / fps: approx's default 1e-6
     assert info.size_bytes == Path(videos[name].uri).stat().st_size
 
 

@@ -75,6 +75,8 @@ def test_the_lookup_on_the_host_and_in_the_graph_are_exact(
     assert on_host.dtype == np.float32 and np.array_equal(on_host, normalised)
     assert pixels.dtype == np.uint8 and in_graph.session.get_inputs()[0].type == "tensor(uint8)"
     expected = plain.run(None, {"input": normalised})[0]
+    # Equal float32 inputs (checked above) through the same weights: only onnxruntime's kernel choice for
+    # each graph (fusions, summation order) differs, a few float32 ulps of these logits (|z| < 16: ulp < 1e-6).
     np.testing.assert_allclose(host.run(on_host)[0], expected, rtol=0, atol=1e-5)
     np.testing.assert_allclose(in_graph.run(pixels)[0], expected, rtol=0, atol=1e-5)
 

@@ -53,6 +53,8 @@ def test_a_face_scores_the_same_alone_and_in_a_batch(enet_path: Path) -> None:
     (four,) = session.run(None, {"input": x})
     assert one.shape == (1, 8) and four.shape == (4, 8)
     assert np.isfinite(four).all() and not np.allclose(four[0], four[1:])
+    # onnxruntime may pick other convolution kernels for 1 and 4 images: float32 sums in another order through
+    # ~80 layers of a random (not trained, so poorly conditioned) network; only the graph's validity is at stake
     np.testing.assert_allclose(one[0], four[0], rtol=1e-3, atol=1e-3)
 
 
