@@ -18,6 +18,7 @@ from jobs_helpers import ROOT, write_engagement_head, write_levels_corpus
 from emotibatch import nightly, schema
 from emotibatch.clips import classify
 from emotibatch.config import ExtractConfig
+from emotibatch.extract.output import Output
 from emotibatch.inference.engagement import FEATURE_DIM, EngagementModel
 from emotibatch.testing import standins
 from emotibatch.testing.samples import write_synthetic_extract
@@ -25,8 +26,8 @@ from emotibatch.testing.samples import write_synthetic_extract
 NIGHT = date(2026, 3, 1)
 
 
-def _video(faces_file: Path, video_id: str) -> tuple:
-    faces = pq.read_table(faces_file)
+def _video(extract_dir: Path, video_id: str) -> tuple:
+    faces = pq.read_table(Output(str(extract_dir)).faces_path(video_id))
     row = {"video_id": video_id, "source_uri": video_id, "duration_s": 13.0, "frames_sampled": 130}
     return faces, row
 
@@ -36,7 +37,7 @@ def test_pretrained_head_scores_long_tracks_and_says_why_not_short_ones(tmp_path
     write_synthetic_extract(
         tmp_path / "x", {"lec": rng.standard_normal(FEATURE_DIM)}, frames=130, faces_per_frame=2
     )
-    faces, row = _video(tmp_path / "x/faces/lec.parquet", "lec")
+    faces, row = _video(tmp_path / "x", "lec")
     # Track 1 keeps 10 frames: too short for a 128-frame window.
     keep = pc.or_(pc.equal(faces["track_id"], 0), pc.less(faces["frame_index"], 10))
     faces = faces.filter(keep)
@@ -79,7 +80,7 @@ def test_fitted_model_timelines_equal_predict(tmp_path: Path) -> None:
     emotion = standins.make_emotion_model(tmp_path / "models/enet_b0_8_best_vgaf.onnx", feature_dim=16)
     extract = ExtractConfig(inputs=("in",), output="out", model=str(emotion))
     engagement = nightly.load_engagement(str(model_dir), extract, window_s=0.4)
-    faces, row = _video(extract_dir / "faces/clip03.parquet", "clip03")
+    faces, row = _video(extract_dir, "clip03")
 
     _, tracks, timeline = nightly.summarize_lecture(
         faces, row, night=NIGHT, run_id="r", engagement=engagement

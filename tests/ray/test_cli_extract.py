@@ -222,7 +222,7 @@ def test_resume_with_a_detector_replaced_in_place_exits_2(no_job, videos, models
     args = ["extract", videos["small"], "-o", out, "--device", "cpu", "--model", models["model"]]
     pipeline.prepare(
         ExtractConfig((str(videos["small"]),), str(out), model=models["model"], detector=str(detector))
-    )
+    ).release()
     standins.make_scrfd_model(detector, batched=True)  # same name, another file
     monkeypatch.chdir(tmp_path)
     result = invoke([*args, "--detector", f"models/{detector.name}"], env=WIDE)

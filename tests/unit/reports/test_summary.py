@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from emotibatch import nightly, schema
+from emotibatch.extract.output import Output
 from emotibatch.reports import report
 from emotibatch.reports.summary import summarize_engagement
 from emotibatch.testing.samples import write_synthetic_extract
@@ -67,7 +68,7 @@ class _Given:
 
 def test_the_nightly_job_and_the_report_give_the_same_numbers(tmp_path: Path) -> None:
     write_synthetic_extract(tmp_path / "x", {"lec": np.zeros(4, np.float32)}, frames=20, faces_per_frame=3)
-    faces = pq.read_table(tmp_path / "x/faces/lec.parquet")
+    faces = pq.read_table(Output(str(tmp_path / "x")).faces_path("lec"))
     video = {"video_id": "lec", "source_uri": "lec", "duration_s": 20.0, "frames_sampled": 20}
     lecture, tracks, _ = nightly.summarize_lecture(
         faces, video, night=date(2026, 3, 1), run_id="r", engagement=_Given()
