@@ -117,11 +117,14 @@ VIDEOS_BASE = pa.schema(
         pa.field("status", pa.string(), nullable=False),  # "ok" or "failed"
         pa.field("error", pa.string()),
         pa.field("fps", pa.float64()),
-        pa.field("frame_count", pa.int64()),
+        pa.field("frame_count", pa.int64()),  # frames that decode
+        pa.field("frame_count_claimed", pa.int64()),  # the container's count; null where it states none
+        pa.field("warning", pa.string()),  # an ok video whose container is not what it claims
         pa.field("duration_s", pa.float64()),
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
-        pa.field("frames_sampled", pa.int64()),
+        pa.field("frames_sampled", pa.int64()),  # sampled frames that decoded: one faces row per face
+        pa.field("frames_lost", pa.int64()),  # sampled frames that did not decode: no rows
         pa.field("faces", pa.int64()),
         pa.field("tracks", pa.int64()),
         pa.field("decode_s", pa.float64()),
