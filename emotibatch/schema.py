@@ -94,7 +94,7 @@ def frames_schema(n_classes: int, feature_dim: int, features: FeaturesDtype) -> 
         pa.field("video_id", pa.string(), nullable=False),
         pa.field("segment_index", pa.int32(), nullable=False),
         pa.field("frame_index", pa.int64(), nullable=False),  # -1 on the row that reports an error
-        pa.field("error", pa.string()),  # a decode failure of this segment
+        pa.field("error", pa.string()),  # a decode failure of this segment, or decode.LOST_FRAME
         pa.field("decode_s", pa.float64(), nullable=False),
         pa.field("infer_s", pa.float64(), nullable=False),
         pa.field("bbox", pa.list_(vector(4))),
