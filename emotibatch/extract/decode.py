@@ -18,8 +18,9 @@ Real frames. A container's frame count is a claim: an edit list hides frames it 
 decord then returns copies of the last frame past the real ones, and its seeks count the hidden frames,
 so the same index gives another frame in another segment. `probe` therefore demuxes every packet
 without decoding (0.15-0.19 s for a 60 s 720p 30 fps H.264 video, where decoding it takes about 60 s of
-a busy CPU) and counts the frames that can decode: not discarded by an edit list, not cut short. `VideoInfo.frame_count` is that count, `frame_count_claimed`
-the container's; where they differ decord's index is not trusted and PyAV decodes from the start.
+a busy CPU) and counts the frames that can decode: not discarded by an edit list, not cut short.
+`VideoInfo.frame_count` is that count, `frame_count_claimed` the container's; where they differ
+decord's index is not trusted and PyAV decodes from the start.
 
 Time. A frame's timestamp is its presentation time from the first frame. Where every frame lies on the
 grid index / fps (within one time-base tick), the video is constant-rate and sampling works on indices:
@@ -124,7 +125,7 @@ class VideoInfo:
             raise ValueError(f"frame_count must be >= 0, got {self.frame_count}")
         times = tuple(float(t) for t in self.timestamps)
         object.__setattr__(self, "timestamps", times)
-        if times and (len(times) != self.frame_count or times[0] != 0 or np.any(np.diff(times) <= 0)):
+        if times and (len(times) != self.frame_count or times[0] != 0 or np.any(np.diff(times) < 0)):
             raise ValueError(
                 f"timestamps must rise from 0, one per frame ({self.frame_count}), got {len(times)}"
             )
@@ -368,7 +369,7 @@ def probe(
     if not (fps > 0 and count > 0):
         raise DecodeError(f"could not decode {shown}: no frame rate or no frames; {reencode_hint(shown)}")
     timestamps: tuple[float, ...] = ()
-    if count > 1 and tick is not None:
+    if count > 1 and tick is not None and ticks[-1] > ticks[0]:
         times = (ticks - ticks[0]) * float(tick)
         if not _on_grid(times, fps, float(tick)):
             fps = float(Fraction(count - 1) / (Fraction(int(ticks[-1] - ticks[0])) * tick))
@@ -425,8 +426,9 @@ def decode_segment(
         frames = _decode_decord(source, indices, storage_options, num_threads, batch_size)
     else:
         frames = _decode_pyav(source, indices, storage_options, num_threads)
+    times = dict(zip(indices, info.times(indices).tolist(), strict=True))
     for index, frame in frames:
-        yield index, float(info.times([index])[0]), frame
+        yield index, times[index], frame
 
 
 def _decode_decord(

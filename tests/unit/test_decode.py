@@ -452,6 +452,10 @@ def test_nearest_frame_by_time_breaks_ties_late_and_stops_half_a_frame_past_the_
     assert sample_indices(info, Sampling("every", 2)).tolist() == [0, 2, 4]
     with pytest.raises(ValueError, match="timestamps must rise from 0"):
         info_of(4.0, 5, timestamps=(0.0, 0.2))
+    with pytest.raises(ValueError, match="timestamps must rise from 0"):
+        info_of(4.0, 3, timestamps=(0.0, 0.5, 0.4))
+    # Two frames at one time (a damaged file) are accepted: targets 0 and 0.25 (a tie: the later frame).
+    assert sample_indices(info_of(4.0, 3, timestamps=(0.0, 0.5, 0.5)), Sampling("fps", 4)).tolist() == [0, 1]
 
 
 def test_frames_that_do_not_decode_become_lost_rows(odd_videos: dict[str, tuple[VideoSource, int]]) -> None:
