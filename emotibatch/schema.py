@@ -166,7 +166,7 @@ def frames_schema(n_classes: int, feature_dim: int, features: FeaturesDtype) -> 
         pa.field("video_id", pa.string(), nullable=False),
         pa.field("segment_index", pa.int32(), nullable=False),
         pa.field("frame_index", pa.int64(), nullable=False),  # -1 on the row that reports an error
-        pa.field("error", pa.string()),  # a decode failure of this segment
+        pa.field("error", pa.string()),  # a decode failure of this segment, or decode.LOST_FRAME
         pa.field("decode_s", pa.float64(), nullable=False),
         pa.field("infer_s", pa.float64(), nullable=False),
         pa.field("bbox", pa.list_(vector(4))),
@@ -189,11 +189,14 @@ VIDEOS_BASE = pa.schema(
         pa.field("status", pa.string(), nullable=False),  # "ok" or "failed"
         pa.field("error", pa.string()),
         pa.field("fps", pa.float64()),
-        pa.field("frame_count", pa.int64()),
+        pa.field("frame_count", pa.int64()),  # frames that decode
+        pa.field("frame_count_claimed", pa.int64()),  # the container's count; null where it states none
+        pa.field("warning", pa.string()),  # an ok video whose container is not what it claims
         pa.field("duration_s", pa.float64()),
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
-        pa.field("frames_sampled", pa.int64()),
+        pa.field("frames_sampled", pa.int64()),  # sampled frames that decoded: one faces row per face
+        pa.field("frames_lost", pa.int64()),  # sampled frames that did not decode: no rows
         pa.field("faces", pa.int64()),
         pa.field("tracks", pa.int64()),
         pa.field("decode_s", pa.float64()),

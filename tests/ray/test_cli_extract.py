@@ -55,7 +55,6 @@ ERRORS = {
     "empty": ("empty file (0 bytes)", "copy it again"),
     "text": ("could not decode", "re-encode it"),
     "truncated": ("could not decode", "re-encode it"),
-    "truncated_faststart": ("truncated_faststart.mp4", "re-encode it"),
     "locked": ("permission denied", "check its read permission"),
     "under_file": ("a_file/under_file.mp4", "Not a directory", "check the path"),
 }

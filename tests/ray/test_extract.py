@@ -12,7 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import ray
-from e2e import FPS, N_FRAMES, SIZES, TRACKS, assert_faces_match, by_video, read_table, sort_faces
+from e2e import FPS, N_FRAMES, SECONDS, SIZES, TRACKS, assert_faces_match, by_video, read_table, sort_faces
 
 from emotibatch import schema
 from emotibatch.extract import pipeline
@@ -28,6 +28,7 @@ from emotibatch.inference import registry, runtime
 from emotibatch.inference.embed import EmotionModel
 from emotibatch.inference.preprocess import crop_faces, normalisation_lut
 from emotibatch.io.sources import VideoSource
+from emotibatch.testing import samples
 
 pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.slow]
 
@@ -245,3 +246,73 @@ def test_sessions_in_ray_workers_take_their_cpu_share_and_do_not_spin(emotion_pa
     assert in_ray == (2, "0")
     with pytest.raises(RuntimeError, match="allow_spinning"):  # never set: onnxruntime's default
         session_options(str(emotion_path))
+
+
+def test_only_real_frames_and_presentation_times_split_or_not(make_config, tmp_path):
+    """A trimmed (edit list), a cut and a variable-rate video under --fps 4: rows only for frames that
+    decode, timestamps that are presentation times, the same rows and tracks split or not."""
+    d = tmp_path / "in"
+    common = dict(width=320, height=180, fps=FPS, faces=TRACKS["small"])
+    times = np.cumsum([0.0] + [1 / 30 if (i // 10) % 2 == 0 else 1 / 10 for i in range(N_FRAMES - 1)])
+    cut, kept = samples.make_cut_video(d / "cut.mp4", 25, seconds=SECONDS, **common)
+    inputs = [
+        samples.make_trimmed_video(d / "trimmed.mp4", 3, seconds=SECONDS, **common),
+        cut,
+        samples.make_video(d / "vfr.mp4", times=times, **common),
+    ]
+    runs = {}
+    for seconds in (None, 0.3):
+        config = make_config(
+            inputs, tmp_path / f"out{seconds}", sampling=Sampling("fps", 4.0), segment_seconds=seconds
+        )
+        result = pipeline.extract(config)
+        runs[seconds] = (
+            sort_faces(read_table(config.output, "faces")),
+            by_video(read_table(config.output, "videos")),
+        )
+        assert read_table(config.output, "runs")["frames_decoded"].to_pylist() == [
+            N_FRAMES - 3 + kept + N_FRAMES
+        ]
+        assert [v["status"] for v in result.videos] == ["ok"] * 3
+    (faces, videos), (split_faces, split_videos) = runs[None], runs[0.3]
+    assert faces.num_rows == split_faces.num_rows > 0
+    for column in ("video_id", "frame_index", "face_index", "track_id", "timestamp_s"):
+        assert split_faces[column].equals(faces[column]), column
+    np.testing.assert_allclose(
+        schema.as_matrix(split_faces["bbox"]), schema.as_matrix(faces["bbox"]), atol=1e-3
+    )
+    assert split_videos.keys() == videos.keys()
+    for vid, row in videos.items():
+        for key in (
+            "frame_count",
+            "frame_count_claimed",
+            "warning",
+            "frames_sampled",
+            "frames_lost",
+            "faces",
+            "tracks",
+        ):
+            assert split_videos[vid][key] == row[key], (vid, key)
+    counts = {
+        vid: (r["frame_count"], r["frame_count_claimed"], r["frames_lost"]) for vid, r in videos.items()
+    }
+    assert counts == {
+        "trimmed": (N_FRAMES - 3, N_FRAMES, 0),
+        "cut": (kept, N_FRAMES, 0),
+        "vfr": (N_FRAMES, N_FRAMES, 0),
+    }
+    assert "claims 50 frames but 47 can be decoded" in videos["trimmed"]["warning"]
+    assert f"claims 50 frames but {kept} can be decoded" in videos["cut"]["warning"]
+    assert videos["vfr"]["warning"] is None
+    for vid, (count, _, _) in counts.items():
+        rows = faces.filter(pc.equal(faces["video_id"], vid))
+        assert pc.max(rows["frame_index"]).as_py() < count
+    # vfr: each sampled frame is the one nearest k / 4 s (written times are exact in 1/15360 s ticks).
+    rows = faces.filter(pc.equal(faces["video_id"], "vfr"))
+    np.testing.assert_allclose(
+        rows["timestamp_s"].to_numpy(), times[rows["frame_index"].to_numpy()], atol=1e-9
+    )
+    targets = np.arange(0, times[-1] + (times[-1] - times[-2]) / 2, 0.25)  # up to half a frame past the end
+    nearest = {int(np.flatnonzero(d <= d.min() + 1e-9)[-1]) for d in np.abs(times - targets[:, None])}
+    assert set(rows["frame_index"].to_pylist()) == nearest
+    assert videos["vfr"]["frames_sampled"] == len(nearest)
