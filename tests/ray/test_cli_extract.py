@@ -307,3 +307,25 @@ def test_a_run_that_fails_midway_still_writes_its_runs_row(
     (run,) = read_table(out, "runs").to_pylist()
     assert run["error"] == "the run ended early: RuntimeError: the face stage broke"
     assert (run["videos"], run["videos_ok"], run["videos_failed"]) == (2, 0, 0)
+
+
+def test_a_probe_task_that_fails_fails_its_video_only(
+    ray_cluster, make_config, videos, monkeypatch, tmp_path
+):
+    """plan_video turns errors into the video's own; a task that fails anyway (here: the function Ray runs
+    raises) must not take the other videos' probes with it."""
+    plan_video = pipeline.plan_video
+
+    def probe_or_fail(source, *args, **kwargs):
+        if source.video_id == "noface":
+            raise TypeError("probing broke")
+        return plan_video(source, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "plan_video", probe_or_fail)
+    config = make_config([videos["small"], videos["noface"]], tmp_path / "out")
+    sources = pipeline.list_sources(config.inputs)
+    noface, small = pipeline.probe_all(sources, config)  # sorted by video_id
+    assert small.error is None and small.info is not None
+    assert noface.info is None
+    assert noface.error.startswith(f"could not probe {videos['noface']}: RayTaskError"), noface.error
+    assert noface.error.endswith("; run the job again")
