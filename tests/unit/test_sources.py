@@ -232,6 +232,8 @@ def test_redact_uri(uri: str, redacted: str) -> None:
 def test_extra_mapping_is_stored_as_pairs() -> None:
     source = VideoSource("/v.mp4", "v", extra={"label": 2})
     assert source.extra == (("label", 2),)
+    with pytest.raises(ValueError, match=r"extra values must be scalars \(tags are not\) for /v\.mp4"):
+        VideoSource("/v.mp4", "v", extra={"label": 2, "tags": ["a"]})
     with pytest.raises(ValueError, match="kind"):
         VideoSource("/v.mp4", "v", kind="audio")  # type: ignore[arg-type]
 
