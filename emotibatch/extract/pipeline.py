@@ -2,7 +2,7 @@
 
 1. List the inputs (sources.py) and drop the videos an earlier run already finished.
 2. Probe each video (Ray tasks) and plan its time segments (decode.py); segments fully staged by an
-   interrupted run are not redone.
+   interrupted run are not redone. A video that cannot be probed fails alone, never the job.
 3. One streaming Ray Data chain over the segments: decode the sampled frames in CPU tasks, then one
    actor pool holding the face detector and the emotion model (`FaceStage`; GPU where present), then
    staging tasks (output.py), one file per segment piece. The driver follows which frames are staged.
@@ -10,6 +10,8 @@
    video's staged frames, check that every sampled frame is there, link faces into tracks (track.py),
    write `faces/` and the video's `videos/` row, drop its staging. A video with any failure gets a failed
    row and no faces.
+5. The run's `runs/` row, written also when the job fails midway (with what ended it), so that every run
+   that started work leaves its record.
 """
 
 from __future__ import annotations
