@@ -235,15 +235,18 @@ def _fits(value: object, dtype: pa.DataType, target: pa.DataType) -> bool:
 def _manifest_table(fs: fsspec.AbstractFileSystem, path: str, shown: str) -> pa.Table:
     """The manifest's table with `uri` and `video_id` as strings and the other columns in the types of the
     videos table (`_carried_type`). Raises ValueError naming the manifest, the column and the fix."""
-    try:
+
+    def read() -> pa.Table:
         with fs.open(path, "rb") as f:
             if _ext(path) == ".csv":
                 # Ids like "001" must stay strings.
                 text = pa.string()
                 options = pa_csv.ConvertOptions(column_types={_URI: text, _ID: text})
-                table = pa_csv.read_csv(f, convert_options=options)
-            else:
-                table = pq.read_table(f)
+                return pa_csv.read_csv(f, convert_options=options)
+            return pq.read_table(f)
+
+    try:
+        table = _look(fs, read, shown, "read")
     except pa.ArrowInvalid as exc:  # the CSV's message names the column and the row
         raise ValueError(f"manifest {shown} cannot be read: {exc}; fix the file") from None
     names = table.column_names
@@ -314,10 +317,10 @@ def _read_manifest(
     return found
 
 
-def _look(fs: fsspec.AbstractFileSystem, action: Callable[[], T], shown: str) -> T:
-    """`action()`, a lookup or listing of the input `shown`. On an object store transient errors are
+def _look(fs: fsspec.AbstractFileSystem, action: Callable[[], T], shown: str, verb: str = "list") -> T:
+    """`action()`, a lookup, listing or read of the input `shown`. On an object store transient errors are
     retried, and any failure is a StorageError naming the input and what to do (storage.retrying)."""
-    return action() if is_local(fs) else storage.retrying(action, shown, "list")
+    return action() if is_local(fs) else storage.retrying(action, shown, verb)
 
 
 def _info(fs: fsspec.AbstractFileSystem, path: str) -> dict | None:

@@ -304,3 +304,20 @@ def test_storage_options_never_reach_http_urls() -> None:
     assert options_for("https://host/v.mp4?sig=1", options) == {}
     assert options_for("http://host/v.mp4", options) == {}
     assert options_for("s3://bucket/v.mp4", options) == options
+
+
+def test_a_manifest_that_cannot_be_read_names_itself(memory_root: str, monkeypatch) -> None:
+    monkeypatch.setattr(storage, "BACKOFF_S", 0.0)
+    fsspec.filesystem("memory").pipe(f"{memory_root}/m.csv", b"uri\nv.mp4\n")
+    opened = []
+
+    def reset(self, path, *args, **kwargs):
+        opened.append(path)
+        raise ConnectionResetError("connection reset by peer")
+
+    monkeypatch.setattr(fsspec.implementations.memory.MemoryFileSystem, "_open", reset)
+    with pytest.raises(
+        storage.StorageError, match=r"could not read memory://.*/m\.csv after 4 attempts .*run the job again"
+    ):
+        list_sources([f"{memory_root}/m.csv"])
+    assert len(opened) == storage.ATTEMPTS
