@@ -233,6 +233,7 @@ RUNS = pa.schema(
         pa.field("wall_s", pa.float64(), nullable=False),
         pa.field("frames_per_s", pa.float64(), nullable=False),
         pa.field("faces_per_s", pa.float64(), nullable=False),
+        pa.field("error", pa.string()),  # what ended the run early (the job exited 1), else null
     ]
 )
 

@@ -76,7 +76,7 @@ import pyarrow as pa
 from emotibatch.config import Sampling
 from emotibatch.io import storage
 from emotibatch.io.redact import clean_text
-from emotibatch.io.sources import IMAGE_EXTENSIONS, VideoSource, is_local, open_fs
+from emotibatch.io.sources import IMAGE_EXTENSIONS, VideoSource, is_local, open_fs, options_for
 
 Backend = Literal["decord", "pyav"]
 # Containers with a frame index, where decord's get_batch gave exactly the frames of sequential decoding
@@ -292,7 +292,8 @@ def _video_file(source: VideoSource, storage_options: dict | None) -> Iterator[t
         return
     with ExitStack() as stack:
         try:
-            copy = stack.enter_context(storage.local_copy(source.uri, storage_options, info=info))
+            options = options_for(source.uri, storage_options)
+            copy = stack.enter_context(storage.local_copy(source.uri, options, info=info))
         except storage.StorageError as exc:
             raise DecodeError(str(exc)) from None
         yield str(copy), info["size"]
@@ -544,7 +545,24 @@ def plan_video(
     storage_options: dict | None = None,
     frame_rate: float = DEFAULT_FRAME_RATE,
 ) -> VideoJob:
-    """Probe, sample and plan one video; a video that cannot be read gets its error, not an exception."""
+    """Probe, sample and plan one video; a video that cannot be read gets its error, not an exception.
+
+    Any exception fails this video only (a TypeError from a filesystem refusing its options, a plan the
+    video's frame rate rules out): one input must never end the job for all the others.
+    """
+    try:
+        return _plan_video(source, sampling, segment_seconds, storage_options, frame_rate)
+    except Exception as exc:
+        return VideoJob(source, None, f"could not probe {source.source_uri}: {storage.one_line(exc)}")
+
+
+def _plan_video(
+    source: VideoSource,
+    sampling: Sampling,
+    segment_seconds: float | None,
+    storage_options: dict | None,
+    frame_rate: float,
+) -> VideoJob:
     try:
         info = probe(source, storage_options=storage_options, frame_rate=frame_rate)
     except DecodeError as exc:

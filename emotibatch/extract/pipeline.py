@@ -2,7 +2,7 @@
 
 1. List the inputs (sources.py) and drop the videos an earlier run already finished.
 2. Probe each video (Ray tasks) and plan its time segments (decode.py); segments fully staged by an
-   interrupted run are not redone.
+   interrupted run are not redone. A video that cannot be probed fails alone, never the job.
 3. One streaming Ray Data chain over the segments: decode the sampled frames in CPU tasks, then one
    actor pool holding the face detector and the emotion model (`FaceStage`; GPU where present), then
    staging tasks (output.py), one file per segment piece. The driver follows which frames are staged.
@@ -10,6 +10,8 @@
    video's staged frames, check that every sampled frame is there, link faces into tracks (track.py),
    write `faces/` and the video's `videos/` row, drop its staging. A video with any failure gets a failed
    row and no faces.
+5. The run's `runs/` row, written also when the job fails midway (with what ended it), so that every run
+   that started work leaves its record.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from emotibatch.inference.detect import FaceDetector
 from emotibatch.inference.embed import EmotionModel
 from emotibatch.io.redact import redact_uri
 from emotibatch.io.sources import VideoSource, list_sources
+from emotibatch.io.storage import one_line
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +59,8 @@ FINALIZE_CPUS = 0.5
 
 @dataclass(frozen=True)
 class RunResult:
-    """What a run did: this run's rows of the videos table, and its row of the runs table."""
+    """What a run did: this run's rows of the videos table, and its row of the runs table. A video whose
+    commit failed is among `videos` as failed, though `videos/` has no row for it (see `_committed_row`)."""
 
     run_id: str
     output: str
@@ -72,10 +76,20 @@ class RunResult:
 
 
 def probe_all(sources: list[VideoSource], config: ExtractConfig) -> list[VideoJob]:
-    """Probe and plan every source in parallel Ray tasks (decode.plan_video)."""
+    """Probe and plan every source in parallel Ray tasks (decode.plan_video). plan_video turns every error
+    into the video's own; a task that still fails (its worker died, Ray could not run it) fails its video
+    only, and a later run tries it again."""
     task = ray.remote(num_cpus=config.decode_cpus)(plan_video)
     options = {"storage_options": config.storage_options, "frame_rate": config.frame_rate}
-    return ray.get([task.remote(s, config.sampling, config.segment_seconds, **options) for s in sources])
+    refs = [task.remote(s, config.sampling, config.segment_seconds, **options) for s in sources]
+    jobs = []
+    for source, ref in zip(sources, refs, strict=True):
+        try:
+            jobs.append(ray.get(ref))
+        except ray.exceptions.RayError as exc:
+            error = f"could not probe {source.source_uri}: {type(exc).__name__}; run the job again"
+            jobs.append(VideoJob(source, None, error))
+    return jobs
 
 
 def pending_segments(job: VideoJob, output: Output) -> list[Segment]:
@@ -268,7 +282,29 @@ def _extract_and_commit(plan: Plan, jobs: list[VideoJob]) -> list[dict]:
                 commit(video_id)
     for video_id in waiting:
         commit(video_id, force=True)
-    return ray.get([committing[job.source.video_id] for job in jobs])
+    return [_committed_row(job, committing[job.source.video_id], plan.run_id) for job in jobs]
+
+
+def _committed_row(job: VideoJob, ref: ray.ObjectRef, run_id: str) -> dict:
+    """The videos row the per-video pass committed. A pass that failed (its commit could not be written,
+    its worker died) fails its video only: the run reports it failed, with no row in `videos/`, so a
+    rerun does it again."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayError as exc:
+        cause = exc.cause if isinstance(exc, ray.exceptions.RayTaskError) else exc
+        error = f"could not commit {job.source.source_uri}: {one_line(cause)}; run the job again"
+        return {
+            "video_id": job.source.video_id,
+            "source_uri": job.source.source_uri,
+            "status": "failed",
+            "error": error,
+            "frame_count": None,
+            "frames_sampled": 0,
+            "faces": 0,
+            "tracks": 0,
+            "run_id": run_id,
+        }
 
 
 def execute(plan: Plan) -> RunResult:
@@ -293,7 +329,28 @@ def _execute(plan: Plan) -> RunResult:
     for key in output.staged_keys() & by_key.keys():
         output.drop_staged(by_key[key])
 
-    rows = _extract_and_commit(plan, probe_all(todo, config) if todo else [])
+    skipped = len(sources) - len(todo)
+    try:
+        rows = _extract_and_commit(plan, probe_all(todo, config) if todo else [])
+    except BaseException as exc:
+        # The run still gets its row, saying what ended it; the exception goes on to the caller (exit 1).
+        try:
+            _write_run(plan, skipped, _committed(plan), exc)
+        except Exception:
+            log.exception("could not write the runs row of run %s", run_id)
+        raise
+    return RunResult(run_id, config.output, rows, _write_run(plan, skipped, rows, None))
+
+
+def _committed(plan: Plan) -> list[dict]:
+    """The videos rows this run committed: what a run that failed midway did."""
+    videos = plan.output.read_tables("videos")
+    return [] if videos is None else [r for r in videos.to_pylist() if r["run_id"] == plan.run_id]
+
+
+def _write_run(plan: Plan, skipped: int, rows: list[dict], failure: BaseException | None) -> dict:
+    """Write and return the run's row; `error` says what ended a run early (`failure`), else null."""
+    config, output, run_id = plan.config, plan.output, plan.run_id
     ended = datetime.now(timezone.utc)
     wall = (ended - plan.started).total_seconds()
     sampled = sum(r["frames_sampled"] for r in rows)
@@ -303,10 +360,10 @@ def _execute(plan: Plan) -> RunResult:
         "started_at": plan.started,
         "ended_at": ended,
         "settings": json.dumps(config.public(), sort_keys=True),
-        "videos": len(sources),
+        "videos": len(plan.sources),
         "videos_ok": sum(r["status"] == "ok" for r in rows),
         "videos_failed": sum(r["status"] == "failed" for r in rows),
-        "videos_skipped": len(sources) - len(todo),
+        "videos_skipped": skipped,
         "frames_decoded": sum(r["frame_count"] - r["frames_lost"] for r in rows if r["status"] == "ok"),
         "frames_sampled": sampled,
         "faces": faces,
@@ -314,6 +371,7 @@ def _execute(plan: Plan) -> RunResult:
         "wall_s": wall,
         "frames_per_s": sampled / wall if wall else 0.0,
         "faces_per_s": faces / wall if wall else 0.0,
+        "error": None if failure is None else f"the run ended early: {one_line(failure)}",
     }
     output.write_table(output.run_path(run_id), pa.Table.from_pylist([run], schema=schema.RUNS))
-    return RunResult(run_id, config.output, rows, run)
+    return run

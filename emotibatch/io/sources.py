@@ -9,11 +9,22 @@
 - a glob (`data/*/Happy/*.avi`, `s3://bucket/**/*.mp4`);
 - a manifest: a `.csv` or `.parquet` file with a `uri` column, an optional `video_id` column and any
   other columns, which are carried into the videos table as `VideoSource.extra`. Relative uris resolve
-  against the manifest's directory;
+  against the manifest's directory. See `_read_manifest` for the column rules;
 - with `frame_folders=True`, also every directory that holds images (`IMAGE_EXTENSIONS`) directly: one
   video per folder, its frame numbers read from the file names (ABAW's `cropped_aligned/<video>/00001.jpg`).
 
 Hidden files and folders (a name starting with ".", e.g. macOS `._clip.mp4`) are skipped when searching.
+
+Listing runs before any work, so an input that cannot be listed (a directory, prefix, glob or manifest the
+storage refuses or cannot reach) is bad usage: `list_sources` raises, naming the input and what to do, and
+the job stops before it starts (CLI exit 2). Its videos are unknown, so no row could stand for them, and a
+job that silently skipped a whole prefix would look complete. Transient object-store errors are retried
+first (`storage.retrying`). An input that names one video file is different: whatever its lookup says
+(missing, denied, a name too long for the file system), it is kept and fails alone, as its own row.
+
+Storage options are for the filesystems the inputs and the output live on (`s3://`, `gs://`, ...); an
+`http(s)://` URL is read as given, without them (`options_for`): a presigned or public URL needs none, and
+fsspec's HTTP filesystem would take an object store's options as arguments it does not know.
 
 video_id rule: a manifest's `video_id` wins; otherwise the file stem (the folder name for frame folders).
 Stems shared by several sources become each one's path relative to the common root of the inputs they
@@ -27,12 +38,14 @@ only `source_uri` (redacted) may be written to tables, logs or error messages.
 
 from __future__ import annotations
 
+import datetime
 import posixpath
 import re
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from functools import partial
+from typing import Literal, TypeVar
 
 import fsspec
 import pyarrow as pa
@@ -40,6 +53,8 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from emotibatch import schema
+from emotibatch.io import storage
 from emotibatch.io.redact import redact_uri
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
@@ -49,16 +64,13 @@ MANIFEST_EXTENSIONS = (".csv", ".parquet")
 URL_PROTOCOLS = ("http://", "https://")
 
 Kind = Literal["video", "frames"]
+T = TypeVar("T")
 _GLOB = re.compile(r"[*?\[]")
 
 
-def _freeze(value: object) -> object:
-    """Lists and structs from a Parquet manifest, made hashable."""
-    if isinstance(value, list):
-        return tuple(_freeze(v) for v in value)
-    if isinstance(value, dict):
-        return tuple((k, _freeze(v)) for k, v in value.items())
-    return value
+# What `VideoSource.extra` may hold: the scalars a manifest's columns give (see `_read_manifest`).
+Scalar = None | bool | int | float | str | datetime.date | datetime.datetime
+_SCALARS = (type(None), bool, int, float, str, datetime.date)
 
 
 @dataclass(frozen=True)
@@ -66,13 +78,14 @@ class VideoSource:
     """One video to process: a video file, or a folder of frame images (`kind="frames"`).
 
     `extra` holds a manifest's other columns as (name, value) pairs, in column order; a mapping is
-    accepted and stored as pairs so that the source stays hashable.
+    accepted and stored as pairs so that the source stays hashable. Values are scalars (`Scalar`): the
+    videos table holds them as they are.
     """
 
     uri: str
     video_id: str
     kind: Kind = "video"
-    extra: tuple[tuple[str, object], ...] = field(default=())
+    extra: tuple[tuple[str, Scalar], ...] = field(default=())
 
     def __post_init__(self) -> None:
         if self.kind not in ("video", "frames"):
@@ -80,7 +93,13 @@ class VideoSource:
         if not self.video_id:
             raise ValueError(f"empty video_id for {self.source_uri}")
         pairs = self.extra.items() if isinstance(self.extra, Mapping) else self.extra
-        object.__setattr__(self, "extra", tuple((str(k), _freeze(v)) for k, v in pairs))
+        extra = tuple((str(k), v) for k, v in pairs)
+        nested = [k for k, v in extra if not isinstance(v, _SCALARS)]
+        if nested:
+            raise ValueError(
+                f"extra values must be scalars ({', '.join(nested)} are not) for {self.source_uri}"
+            )
+        object.__setattr__(self, "extra", extra)
 
     @property
     def source_uri(self) -> str:
@@ -88,9 +107,14 @@ class VideoSource:
         return redact_uri(self.uri)
 
 
+def options_for(uri: str, storage_options: dict | None) -> dict:
+    """The storage options that apply to `uri`: none for an http(s) URL (see the module docstring)."""
+    return {} if uri.startswith(URL_PROTOCOLS) else dict(storage_options or {})
+
+
 def open_fs(uri: str, storage_options: dict | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
-    """The filesystem and path for `uri` (a plain path is local)."""
-    return fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    """The filesystem and path for `uri` (a plain path is local), with the options that apply to it."""
+    return fsspec.core.url_to_fs(uri, **options_for(uri, storage_options))
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
@@ -110,7 +134,7 @@ class _Found:
     root: str
     kind: Kind = "video"
     video_id: str | None = None
-    extra: tuple[tuple[str, object], ...] = ()
+    extra: tuple[tuple[str, Scalar], ...] = ()
 
 
 def _ext(path: str) -> str:
@@ -159,37 +183,152 @@ def _normalize(uri: str, storage_options: dict | None) -> str:
     return uri_of(*open_fs(uri, storage_options))
 
 
+# Manifest columns the job reads itself; every other column is carried into the videos table.
+_URI, _ID = "uri", "video_id"
+# The videos table's own columns: a manifest column of the same name would replace the computed value.
+_RESERVED = frozenset(schema.videos_schema().names) - {_ID}
+
+
+def _carried_type(dtype: pa.DataType) -> pa.DataType | None:
+    """The videos-table type an extra manifest column of `dtype` is cast to, or None when it has none."""
+    if pa.types.is_dictionary(dtype):  # pandas categoricals: carried as their values
+        return _carried_type(dtype.value_type)
+    if pa.types.is_null(dtype) or pa.types.is_boolean(dtype):
+        return dtype
+    if pa.types.is_integer(dtype):
+        return pa.int64()
+    if pa.types.is_floating(dtype):
+        return pa.float64()
+    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype):
+        return pa.string()
+    if pa.types.is_date(dtype):
+        return pa.date32()
+    if pa.types.is_timestamp(dtype):
+        return pa.timestamp("us", dtype.tz)
+    return None
+
+
+def _cast(table: pa.Table, name: str, target: pa.DataType, shown: str) -> pa.ChunkedArray:
+    """`table[name]` as `target`; a value that does not fit is named by its row and column."""
+    column = table[name]
+    try:
+        return column.cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        row = next(
+            (i for i, v in enumerate(column.to_pylist(), start=1) if not _fits(v, column.type, target)), None
+        )
+        where = f"row {row}, column {name!r}" if row else f"column {name!r}"
+        raise ValueError(
+            f"manifest {shown}, {where}: the value cannot be stored as {target} ({exc}); fix the value "
+            "or store the column as text"
+        ) from None
+
+
+def _fits(value: object, dtype: pa.DataType, target: pa.DataType) -> bool:
+    try:
+        pa.array([value], dtype).cast(target)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+    return True
+
+
+def _manifest_table(fs: fsspec.AbstractFileSystem, path: str, shown: str) -> pa.Table:
+    """The manifest's table with `uri` and `video_id` as strings and the other columns in the types of the
+    videos table (`_carried_type`). Raises ValueError naming the manifest, the column and the fix."""
+
+    def read() -> pa.Table:
+        with fs.open(path, "rb") as f:
+            if _ext(path) == ".csv":
+                # Ids like "001" must stay strings.
+                text = pa.string()
+                options = pa_csv.ConvertOptions(column_types={_URI: text, _ID: text})
+                return pa_csv.read_csv(f, convert_options=options)
+            return pq.read_table(f)
+
+    try:
+        table = _look(fs, read, shown, "read")
+    except pa.ArrowInvalid as exc:  # the CSV's message names the column and the row
+        raise ValueError(f"manifest {shown} cannot be read: {exc}; fix the file") from None
+    names = table.column_names
+    if _URI not in names:
+        raise ValueError(f"manifest {shown} has no 'uri' column; its columns: {', '.join(names)}")
+    if table.num_rows == 0:
+        raise ValueError(f"manifest {shown} has no rows")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"manifest {shown} has more than one column named {', '.join(map(repr, twice))}")
+    reserved = [n for n in names if n in _RESERVED]
+    if reserved:
+        raise ValueError(
+            f"manifest {shown}: columns {', '.join(map(repr, reserved))} are the videos table's own, which the "
+            "job fills in; rename them (e.g. 'manifest_' + name)"
+        )
+    columns = {}
+    for field_ in table.schema:
+        dtype = field_.type
+        if pa.types.is_dictionary(dtype):
+            dtype = dtype.value_type
+        is_text = pa.types.is_string(dtype) or pa.types.is_large_string(dtype)
+        if field_.name == _URI:
+            ok, target, want = is_text, pa.string(), "strings (paths or URIs)"
+        elif field_.name == _ID:
+            # Integer ids are exact as text; a float id (7.0) would not say which text was meant.
+            ok, target, want = is_text or pa.types.is_integer(dtype), pa.string(), "strings or integers"
+        else:
+            target = _carried_type(dtype)
+            ok, want = target is not None, "booleans, integers, floats, strings, dates or timestamps"
+        if not ok:
+            raise ValueError(
+                f"manifest {shown}: column {field_.name!r} holds {field_.type}, but it must hold {want}; "
+                "store it as text (JSON-encode nested values) or leave it out"
+            )
+        columns[field_.name] = _cast(table, field_.name, target, shown)
+    return pa.table(columns)
+
+
 def _read_manifest(
     fs: fsspec.AbstractFileSystem, path: str, frame_folders: bool, storage_options: dict | None
 ) -> list[_Found]:
+    """The manifest's sources. Its columns are checked up front, so that a manifest a job cannot use stops
+    it before it starts (CLI exit 2), never a video halfway through:
+
+    - `uri` holds strings, `video_id` strings or integers;
+    - no column may be named like a column of the videos table (`status`, `fps`, `run_id`, ...): its
+      values would replace what the job computed;
+    - every other column holds one scalar per row, in a type the videos table keeps as it is: booleans,
+      integers (as int64), floats (as float64), strings, dates or timestamps. Nested columns (struct, list,
+      map) and other types are rejected, not JSON-encoded: an encoding the job chose would be one more
+      format for readers to know, and the manifest's author can encode them as they like.
+    """
     shown = redact_uri(uri_of(fs, path))
-    with fs.open(path, "rb") as f:
-        if _ext(path) == ".csv":
-            # Ids like "001" must stay strings.
-            text = pa.string()
-            options = pa_csv.ConvertOptions(column_types={"uri": text, "video_id": text})
-            table = pa_csv.read_csv(f, convert_options=options)
-        else:
-            table = pq.read_table(f)
-    if "uri" not in table.column_names:
-        raise ValueError(
-            f"manifest {shown} has no 'uri' column; its columns: {', '.join(table.column_names)}"
-        )
-    if table.num_rows == 0:
-        raise ValueError(f"manifest {shown} has no rows")
+    table = _manifest_table(fs, path, shown)
     base = posixpath.dirname(path)
     root = uri_of(fs, base)
     found = []
     for line, row in enumerate(table.to_pylist(), start=1):
-        uri, video_id = row.pop("uri"), row.pop("video_id", None)
+        uri, video_id = row.pop(_URI), row.pop(_ID, None)
         if not uri:
             raise ValueError(f"manifest {shown}, row {line}: empty uri")
         if "://" not in uri and not posixpath.isabs(uri):
             uri = fs.unstrip_protocol(posixpath.normpath(posixpath.join(base, uri)))
         kind: Kind = "frames" if frame_folders and _ext(redact_uri(uri)) not in VIDEO_EXTENSIONS else "video"
         extra = tuple(row.items())
-        found.append(_Found(_normalize(uri, storage_options), root, kind, str(video_id or "") or None, extra))
+        found.append(_Found(_normalize(uri, storage_options), root, kind, video_id or None, extra))
     return found
+
+
+def _look(fs: fsspec.AbstractFileSystem, action: Callable[[], T], shown: str, verb: str = "list") -> T:
+    """`action()`, a lookup, listing or read of the input `shown`. On an object store transient errors are
+    retried, and any failure is a StorageError naming the input and what to do (storage.retrying)."""
+    return action() if is_local(fs) else storage.retrying(action, shown, verb)
+
+
+def _info(fs: fsspec.AbstractFileSystem, path: str) -> dict | None:
+    """`fs.info(path)`, None when nothing is there."""
+    try:
+        return fs.info(path)
+    except FileNotFoundError:
+        return None
 
 
 def _expand(inp: str, frame_folders: bool, storage_options: dict | None) -> list[_Found]:
@@ -197,20 +336,30 @@ def _expand(inp: str, frame_folders: bool, storage_options: dict | None) -> list
     if inp.startswith(URL_PROTOCOLS):
         return [_Found(inp, posixpath.dirname(shown))]
     fs, path = open_fs(inp, storage_options)
-    if fs.isfile(path):
+    video = _Found(uri_of(fs, path), uri_of(fs, posixpath.dirname(path)))
+    names_a_video = _ext(path) in VIDEO_EXTENSIONS and not inp.endswith("/") and not _GLOB.search(path)
+    try:
+        info = _look(fs, lambda: _info(fs, path), shown)
+    except OSError as exc:
+        if names_a_video:
+            return [video]  # it fails alone, as its own row, with this reason
+        if isinstance(exc, storage.StorageError):
+            raise
+        raise ValueError(f"cannot read {shown}: {exc.strerror or exc}; check the path and access") from None
+    if info is not None and info["type"] != "directory":
         if _ext(path) in MANIFEST_EXTENSIONS:
             return _read_manifest(fs, path, frame_folders, storage_options)
-        return [_Found(uri_of(fs, path), uri_of(fs, posixpath.dirname(path)))]
-    if fs.isdir(path):
-        return _search(fs, fs.find(path), path, frame_folders, f"{shown} holds")
+        return [video]
+    if info is not None:
+        return _search(fs, _look(fs, lambda: fs.find(path), shown), path, frame_folders, f"{shown} holds")
     if _GLOB.search(path):
         root = _glob_root(path)
         files = []
-        for match, info in sorted(fs.glob(path, detail=True).items()):
-            files += fs.find(match) if info["type"] == "directory" else [match]
+        for match, found in sorted(_look(fs, lambda: fs.glob(path, detail=True), shown).items()):
+            files += _look(fs, partial(fs.find, match), shown) if found["type"] == "directory" else [match]
         return _search(fs, files, root, frame_folders, f"the glob {shown} matches")
-    if _ext(path) in VIDEO_EXTENSIONS and not inp.endswith("/"):
-        return [_Found(uri_of(fs, path), uri_of(fs, posixpath.dirname(path)))]
+    if names_a_video:
+        return [video]
     raise ValueError(
         f"not found: {shown}; give a video file, a directory, a glob, a .csv/.parquet manifest or a URI"
     )

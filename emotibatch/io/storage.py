@@ -109,7 +109,7 @@ def _http_status(exc: BaseException) -> tuple[int | None, str]:
     return None, ""
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     """`exc` in one short line, credentials in it redacted (a presigned URL carries its signature)."""
     return f"{type(exc).__name__}: {clean_text(' '.join(str(exc).split()))}"[:300]
 
@@ -138,7 +138,7 @@ def _message(exc: BaseException, shown: str, verb: str, attempts: int) -> str:
     if _is_permanent(exc):
         return f"the storage refused to {verb} {where}; check the path and --storage-options"
     return (
-        f"could not {verb} {shown} after {attempts} attempts ({http or _one_line(exc)}); the storage was "
+        f"could not {verb} {shown} after {attempts} attempts ({http or one_line(exc)}); the storage was "
         "unreachable or overloaded: run the job again"
     )
 
@@ -159,7 +159,7 @@ def retrying(action: Callable[[], T], shown: str, verb: str = "read") -> T:
             if _is_permanent(exc) or attempt == ATTEMPTS:
                 raise StorageError(_message(exc, shown, verb, attempt)) from None
             delay = min(MAX_BACKOFF_S, BACKOFF_S * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-            log.warning("%s %s failed (%s); retrying in %.1f s", verb, shown, _one_line(exc), delay)
+            log.warning("%s %s failed (%s); retrying in %.1f s", verb, shown, one_line(exc), delay)
             time.sleep(delay)
             attempt += 1
 

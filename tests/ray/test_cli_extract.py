@@ -10,6 +10,8 @@ import uuid
 from pathlib import Path
 
 import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from e2e import N_FRAMES, TRACKS, assert_faces_match, by_video, invoke, read_table, summary
 
@@ -308,3 +310,85 @@ def test_output_uri_credentials_never_shown(ray_cluster, model_args, monkeypatch
         memory = fsspec.filesystem("memory")
         for root in [p for p in memory.ls("/", detail=False) if PASSWORD in p]:
             memory.rm(root, recursive=True)
+
+
+def test_one_bad_input_never_sinks_the_job(ray_cluster, videos, model_args, tmp_path):
+    """Inputs that each ended the whole run (exit 1, no runs row) now fail alone: an https URL beside an
+    object store's storage options (fsspec's HTTP filesystem raised TypeError on them) and a file name too
+    long for the file system. The good input finishes, the run exits 3 and writes its runs row."""
+    long = tmp_path / ("a" * 300 + ".mp4")
+    url = "https://127.0.0.1:9/clip.mp4"  # nothing listens on port 9
+    options = json.dumps({"client_kwargs": {"endpoint_url": "http://127.0.0.1:9"}})
+    out = tmp_path / "out"
+    args = ["extract", videos["small"], long, url, "-o", out, *model_args, "--every", 5]
+    result = invoke([*args, "--storage-options", options], env=WIDE)
+    assert result.exit_code == 3, result.output
+    rows = by_video(read_table(out, "videos"))
+    assert rows["small"]["status"] == "ok" and rows["small"]["faces"] > 0
+    assert rows["clip"]["status"] == "failed", rows["clip"]
+    assert url in rows["clip"]["error"] and "TypeError" not in rows["clip"]["error"], rows["clip"]["error"]
+    failures = [line for line in result.output.splitlines() if line.startswith("failed ")]
+    assert len(failures) == 2, result.output
+    assert any(line.startswith(f"failed {long.stem}: ") and "File name too long" in line for line in failures)
+    (run,) = read_table(out, "runs").to_pylist()
+    assert (run["videos"], run["videos_ok"], run["videos_failed"], run["error"]) == (3, 1, 2, None)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"status": ["ok"]}, "columns 'status' are the videos table's own"),
+        ({"fps": [999.0]}, "columns 'fps' are the videos table's own"),
+        ({"meta": [{"a": 1}]}, "column 'meta' holds struct<a: int64>, but it must hold"),
+        ({"size": pa.array([2**64 - 1], pa.uint64())}, "row 1, column 'size': the value cannot be stored"),
+    ],
+)
+def test_manifest_problems_exit_2_naming_the_column(no_job, videos, model_args, tmp_path, table, message):
+    """A manifest column that would overwrite the job's own values (a row once read status=ok,
+    error="INJECTED", fps=999), or one the videos table cannot hold, stops the job before it starts."""
+    manifest = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"uri": [str(videos["small"])], **table}), manifest)
+    result = invoke(["extract", manifest, "-o", tmp_path / "out", *model_args], env=WIDE)
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert "m.parquet" in text and message in text, result.output
+
+
+def test_a_run_that_fails_midway_still_writes_its_runs_row(
+    ray_cluster, videos, model_args, tmp_path, monkeypatch
+):
+    def broken(*args, **kwargs):
+        raise RuntimeError("the face stage broke")
+
+    monkeypatch.setattr(pipeline, "_staged_frames", broken)
+    out = tmp_path / "out"
+    result = invoke(
+        ["extract", videos["small"], videos["noface"], "-o", out, *model_args, "--every", 5], env=WIDE
+    )
+    assert result.exit_code == 1, result.output
+    assert "the face stage broke" in result.output
+    (run,) = read_table(out, "runs").to_pylist()
+    assert run["error"] == "the run ended early: RuntimeError: the face stage broke"
+    assert (run["videos"], run["videos_ok"], run["videos_failed"]) == (2, 0, 0)
+
+
+def test_a_probe_task_that_fails_fails_its_video_only(
+    ray_cluster, make_config, videos, monkeypatch, tmp_path
+):
+    """plan_video turns errors into the video's own; a task that fails anyway (here: the function Ray runs
+    raises) must not take the other videos' probes with it."""
+    plan_video = pipeline.plan_video
+
+    def probe_or_fail(source, *args, **kwargs):
+        if source.video_id == "noface":
+            raise TypeError("probing broke")
+        return plan_video(source, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "plan_video", probe_or_fail)
+    config = make_config([videos["small"], videos["noface"]], tmp_path / "out")
+    sources = pipeline.list_sources(config.inputs)
+    noface, small = pipeline.probe_all(sources, config)  # sorted by video_id
+    assert small.error is None and small.info is not None
+    assert noface.info is None
+    assert noface.error.startswith(f"could not probe {videos['noface']}: RayTaskError"), noface.error
+    assert noface.error.endswith("; run the job again")

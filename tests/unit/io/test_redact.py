@@ -97,7 +97,7 @@ def test_public_settings_hold_no_credentials_at_any_depth() -> None:
 def test_storage_messages_are_cleaned() -> None:
     """The retry warnings and the StorageError of s3://KEY:SECRET@bucket quoted botocore's bucket name."""
     exc = ValueError(f'Invalid bucket name "AKIAEXAMPLE:{PASSWORD}@bucket": must match')
-    assert PASSWORD not in storage._one_line(exc)
+    assert PASSWORD not in storage.one_line(exc)
 
 
 def test_log_filter_cleans_messages_arguments_and_tracebacks() -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import pickle
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +14,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from emotibatch.io.sources import VideoSource, list_sources, redact_uri
+from emotibatch import schema
+from emotibatch.io import storage
+from emotibatch.io.sources import VideoSource, list_sources, options_for, redact_uri
 
 
 def touch(root: Path, *names: str) -> None:
@@ -89,13 +93,88 @@ def test_csv_manifest_ids_win_extra_columns_are_carried_and_relative_uris_resolv
     assert (y.video_id, dict(y.extra)) == ("y", {"label": 1, "speaker": "bob"})  # empty id: the stem rule
 
 
-def test_parquet_manifest_values_stay_hashable(tmp_path: Path) -> None:
+def test_parquet_manifest_columns_take_the_videos_tables_types(tmp_path: Path) -> None:
     touch(tmp_path, "v.mp4")
-    table = pa.table({"uri": [str(tmp_path / "v.mp4")], "tags": [["a", "b"]], "video_id": [7]})
+    table = pa.table(
+        {
+            "uri": [str(tmp_path / "v.mp4")],
+            "video_id": pa.array([7], pa.int16()),
+            "score": pa.array([0.5], pa.float32()),
+            "count": pa.array([3], pa.uint8()),
+            "group": pa.array(["a"]).dictionary_encode(),
+            "day": pa.array([datetime.date(2026, 1, 2)], pa.date32()),
+            "none": pa.array([None], pa.null()),
+        }
+    )
     pq.write_table(table, tmp_path / "m.parquet")
     (source,) = list_sources([str(tmp_path / "m.parquet")])
-    assert (source.video_id, source.extra) == ("7", (("tags", ("a", "b")),))
+    assert source.video_id == "7"
+    assert source.extra == (
+        ("score", 0.5),
+        ("count", 3),
+        ("group", "a"),
+        ("day", datetime.date(2026, 1, 2)),
+        ("none", None),
+    )
     assert hash(source) == hash(pickle.loads(pickle.dumps(source)))
+    row = pa.Table.from_pylist([dict(source.extra)])  # as the per-video pass builds its row
+    assert row.schema.types == [pa.float64(), pa.int64(), pa.string(), pa.date32(), pa.null()]
+
+
+@pytest.mark.parametrize(
+    ("column", "held"),
+    [
+        (pa.array([{"a": 1}]), "struct<a: int64>"),
+        (pa.array([["a", "b"]]), "list<element: string>"),
+        (pa.array([[("k", 1)]], pa.map_(pa.string(), pa.int64())), "map<string"),
+        (pa.array([b"\x00"], pa.binary()), "binary"),
+    ],
+)
+def test_nested_and_other_manifest_columns_are_rejected(tmp_path: Path, column: pa.Array, held: str) -> None:
+    pq.write_table(pa.table({"uri": ["v.mp4"], "meta": column}), tmp_path / "m.parquet")
+    with pytest.raises(ValueError, match=r"m\.parquet: column 'meta' holds (.*), but it must hold") as error:
+        list_sources([str(tmp_path / "m.parquet")])
+    assert held in str(error.value) and "JSON-encode nested values" in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("columns", "message"),
+    [
+        ({"uri": pa.array([1])}, r"column 'uri' holds int64, but it must hold strings"),
+        ({"uri": ["v.mp4"], "video_id": pa.array([7.0])}, r"'video_id' holds double, .* strings or integers"),
+    ],
+)
+def test_manifest_uri_and_video_id_must_be_text(tmp_path: Path, columns: dict, message: str) -> None:
+    pq.write_table(pa.table(columns), tmp_path / "m.parquet")
+    with pytest.raises(ValueError, match=message):
+        list_sources([str(tmp_path / "m.parquet")])
+
+
+def test_a_value_that_cannot_be_cast_is_named_by_row_and_column(tmp_path: Path) -> None:
+    big = pa.array([1, 2**64 - 1], pa.uint64())  # int64 holds the first, not the second
+    pq.write_table(pa.table({"uri": ["a.mp4", "b.mp4"], "size": big}), tmp_path / "m.parquet")
+    with pytest.raises(
+        ValueError, match=r"m\.parquet, row 2, column 'size': the value cannot be stored as int64"
+    ):
+        list_sources([str(tmp_path / "m.parquet")])
+
+
+@pytest.mark.parametrize("name", sorted(set(schema.videos_schema().names) - {"video_id"}))
+def test_manifest_columns_named_like_the_videos_tables_are_rejected(tmp_path: Path, name: str) -> None:
+    (tmp_path / "m.csv").write_text(f"uri,label,{name}\nv.mp4,1,INJECTED\n")
+    with pytest.raises(
+        ValueError, match=rf"m\.csv: columns '{name}' are the videos table's own.*rename them"
+    ):
+        list_sources([str(tmp_path / "m.csv")])
+
+
+def test_manifest_problems_name_the_manifest(tmp_path: Path) -> None:
+    (tmp_path / "twice.csv").write_text("uri,label,label\nv.mp4,1,2\n")
+    with pytest.raises(ValueError, match=r"twice\.csv has more than one column named 'label'"):
+        list_sources([str(tmp_path / "twice.csv")])
+    (tmp_path / "broken.parquet").write_bytes(b"not a parquet file")
+    with pytest.raises(ValueError, match=r"manifest .*broken\.parquet cannot be read: .*; fix the file"):
+        list_sources([str(tmp_path / "broken.parquet")])
 
 
 def test_manifest_without_uri_column_names_the_file_and_its_columns(tmp_path: Path) -> None:
@@ -153,6 +232,8 @@ def test_redact_uri_drops_user_info_queries_and_fragments_of_urls_only(uri: str,
 def test_extra_mapping_is_stored_as_pairs_and_an_unknown_kind_refused() -> None:
     source = VideoSource("/v.mp4", "v", extra={"label": 2})
     assert source.extra == (("label", 2),)
+    with pytest.raises(ValueError, match=r"extra values must be scalars \(tags are not\) for /v\.mp4"):
+        VideoSource("/v.mp4", "v", extra={"label": 2, "tags": ["a"]})
     with pytest.raises(ValueError, match="kind"):
         VideoSource("/v.mp4", "v", kind="audio")  # type: ignore[arg-type]
 
@@ -169,3 +250,74 @@ def test_inputs_that_match_nothing_say_what_was_looked_for(tmp_path: Path) -> No
         list_sources([str(tmp_path / "nowhere")])
     with pytest.raises(ValueError, match="non-empty list"):
         list_sources(str(tmp_path))  # type: ignore[arg-type]
+
+
+def test_an_input_naming_a_video_is_kept_whatever_its_lookup_says(tmp_path: Path) -> None:
+    """A name too long for the file system fails as its own row (in probing), never the listing."""
+    long = tmp_path / ("a" * 300 + ".mp4")
+    (source,) = list_sources([str(long)])
+    assert source.uri == str(long)
+    with pytest.raises(ValueError, match=r"cannot read .*dddd: File name too long; check the path"):
+        list_sources([str(tmp_path / ("d" * 300))])
+
+
+@pytest.fixture
+def failing_listing(monkeypatch: pytest.MonkeyPatch):
+    """The memory filesystem's listing fails with the given exception; retries do not wait."""
+    monkeypatch.setattr(storage, "BACKOFF_S", 0.0)
+    calls = []
+
+    def fail_with(exc: Exception) -> list:
+        def find(self, path, *args, **kwargs):
+            calls.append(path)
+            raise exc
+
+        monkeypatch.setattr(fsspec.implementations.memory.MemoryFileSystem, "find", find)
+        return calls
+
+    return fail_with
+
+
+def test_a_listing_that_keeps_failing_stops_before_any_work(memory_root: str, failing_listing) -> None:
+    fsspec.filesystem("memory").pipe(f"{memory_root}/a/one.mp4", b"x")
+    calls = failing_listing(ConnectionResetError("connection reset by peer"))
+    with pytest.raises(
+        storage.StorageError, match=rf"could not list {memory_root}/a after 4 attempts .*again"
+    ):
+        list_sources([f"{memory_root}/a"])
+    assert len(calls) == storage.ATTEMPTS  # transient: retried
+
+
+def test_a_refused_listing_names_the_input_and_the_fix(memory_root: str, failing_listing) -> None:
+    fsspec.filesystem("memory").pipe(f"{memory_root}/a/one.mp4", b"x")
+    calls = failing_listing(PermissionError("denied"))
+    glob = f"{memory_root}/*/one.mp4"
+    with pytest.raises(
+        storage.StorageError, match=rf"access denied: {re.escape(glob)}; check the credentials"
+    ):
+        list_sources([glob, "/elsewhere/two.mp4"])
+    assert len(calls) == 1  # permanent: not retried
+
+
+def test_storage_options_never_reach_http_urls() -> None:
+    options = {"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}
+    assert options_for("https://host/v.mp4?sig=1", options) == {}
+    assert options_for("http://host/v.mp4", options) == {}
+    assert options_for("s3://bucket/v.mp4", options) == options
+
+
+def test_a_manifest_that_cannot_be_read_names_itself(memory_root: str, monkeypatch) -> None:
+    monkeypatch.setattr(storage, "BACKOFF_S", 0.0)
+    fsspec.filesystem("memory").pipe(f"{memory_root}/m.csv", b"uri\nv.mp4\n")
+    opened = []
+
+    def reset(self, path, *args, **kwargs):
+        opened.append(path)
+        raise ConnectionResetError("connection reset by peer")
+
+    monkeypatch.setattr(fsspec.implementations.memory.MemoryFileSystem, "_open", reset)
+    with pytest.raises(
+        storage.StorageError, match=r"could not read memory://.*/m\.csv after 4 attempts .*run the job again"
+    ):
+        list_sources([f"{memory_root}/m.csv"])
+    assert len(opened) == storage.ATTEMPTS
