@@ -3,7 +3,7 @@
 Every step runs in a fresh spawned process (two at a time, like decode tasks on a 2-CPU node), reading
 through moto's S3 server behind the counting proxy of the S3 tests (tests/s3):
 
-- `fetch`: `storage.local_copy` alone, into an empty node-local cache: what a download costs in memory;
+- `fetch`: `video_cache.local_copy` alone, into an empty node-local cache: what a download costs in memory;
 - `probe`, then `cache`: one process per segment, through `decode_segment`, as the job's tasks do
   (the copy is in the cache now);
 - `local`: the same segments decoded from that copy as a plain local file: the decoder's own footprint;
@@ -38,7 +38,7 @@ import s3server  # noqa: E402
 from s3proxy import FaultProxy  # noqa: E402
 
 from emotibatch.extract.decode import Sampling, decode_segment, plan_segments, probe, sample_indices  # noqa: E402
-from emotibatch.io import storage  # noqa: E402
+from emotibatch.io import video_cache  # noqa: E402
 from emotibatch.io.sources import VideoSource  # noqa: E402
 from emotibatch.testing import samples  # noqa: E402
 
@@ -96,7 +96,7 @@ def _fetch(job: tuple) -> dict:
     uri, options = job
 
     def fetch() -> str:
-        with storage.local_copy(uri, options) as path:
+        with video_cache.local_copy(uri, options) as path:
             return str(path)
 
     return _timed(fetch)
@@ -151,7 +151,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.update(CREDENTIALS)
     work = Path(tempfile.mkdtemp(prefix="remote-videos-"))
-    os.environ[storage.CACHE_ENV] = str(work / "cache")
+    os.environ[video_cache.CACHE_ENV] = str(work / "cache")
     started = time.perf_counter()
     video = make_large_video(work, args.size_mb)
     made_s = time.perf_counter() - started

@@ -41,7 +41,7 @@ decoding stops at the first packet FFmpeg rejects: the frames after it are lost,
 them, and for videos whose index decord would misread, `VideoInfo.seekable` is False and
 `plan_segments` keeps them whole, since every segment would decode from frame 0 again. decord gets an
 explicit thread count: 0 would start FFmpeg threads beyond the task's CPUs. A remote video is decoded from
-a copy in the node-local cache (`storage.local_copy`), fetched once per node however many segments it has:
+a copy in the node-local cache (`video_cache.local_copy`), fetched once per node however many segments it has:
 decord would load a file object whole into memory, in every segment task.
 
 Frame folders (`VideoSource.kind == "frames"`): the last run of digits in an image's name is its frame
@@ -74,7 +74,7 @@ import numpy as np
 import pyarrow as pa
 
 from emotibatch.config import Sampling
-from emotibatch.io import storage
+from emotibatch.io import storage, video_cache
 from emotibatch.io.redact import clean_text
 from emotibatch.io.sources import IMAGE_EXTENSIONS, VideoSource, is_local, open_fs, options_for
 
@@ -269,7 +269,7 @@ def _denied(shown: str) -> DecodeError:
 @contextmanager
 def _video_file(source: VideoSource, storage_options: dict | None) -> Iterator[tuple[str, int]]:
     """The local path the decoder opens and the file's size, after the checks that give a missing, empty
-    or unreadable file its own message. A remote video is a copy in the node-local cache (storage.py)."""
+    or unreadable file its own message. A remote video is a copy in the node-local cache (video_cache.py)."""
     shown = source.source_uri
     fs, path = open_fs(source.uri, storage_options)
     local = is_local(fs)
@@ -293,7 +293,7 @@ def _video_file(source: VideoSource, storage_options: dict | None) -> Iterator[t
     with ExitStack() as stack:
         try:
             options = options_for(source.uri, storage_options)
-            copy = stack.enter_context(storage.local_copy(source.uri, options, info=info))
+            copy = stack.enter_context(video_cache.local_copy(source.uri, options, info=info))
         except storage.StorageError as exc:
             raise DecodeError(str(exc)) from None
         yield str(copy), info["size"]

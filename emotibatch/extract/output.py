@@ -10,7 +10,7 @@
 Only `Output`'s methods build these paths. A video's `<key>` is `video_key(video_id)`: a file name, never
 an id source: readers learn ids from the rows. Every file is written whole or not at all: on a local disk
 to a hidden temporary name then renamed, on an object store from memory by one PUT, or for large files a
-multipart upload completed last (objects appear atomically), retried on transient errors (storage.py).
+multipart upload completed last (objects appear atomically), retried on transient errors (io/files.py).
 Readers (pyarrow datasets, Ray Data) skip names that start with "_" or ".", so neither staging nor
 temporaries are ever read as results. A video counts as finished when its `videos/` row says ok: a crash
 between its faces file and that row redoes the video.

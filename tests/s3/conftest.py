@@ -19,7 +19,7 @@ from s3proxy import FaultProxy
 
 from emotibatch.cluster import start_local_ray
 from emotibatch.inference import registry
-from emotibatch.io import storage
+from emotibatch.io.video_cache import CACHE_ENV
 
 KEY_ID = "emotibatch-test-key-id"
 SECRET = "emotibatch-test-secret-Zq8Vx"  # grepped for in every output
@@ -82,7 +82,7 @@ def options(endpoint: str, **config: object) -> dict:
 @pytest.fixture
 def video_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A fresh node-local video cache for this process."""
-    monkeypatch.setenv(storage.CACHE_ENV, str(tmp_path / "video-cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "video-cache"))
     return tmp_path / "video-cache"
 
 
@@ -99,7 +99,7 @@ def ray_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
         yield
         return
     caches = tmp_path_factory.mktemp("caches")
-    env = {storage.CACHE_ENV: str(caches / "videos"), registry.CACHE_ENV: str(caches / "models")}
+    env = {CACHE_ENV: str(caches / "videos"), registry.CACHE_ENV: str(caches / "models")}
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     with pytest.MonkeyPatch.context() as patch:
         for name, value in env.items():

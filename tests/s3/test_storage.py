@@ -1,4 +1,4 @@
-"""storage.py against a real S3 server: the node-local video cache, retries, errors, atomic uploads."""
+"""storage.py and video_cache.py against a real S3 server: the node-local video cache, retries, errors, atomic uploads."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from emotibatch.extract.decode import DecodeError, probe
 from emotibatch.extract.output import Output
 from emotibatch.io import storage
 from emotibatch.io.sources import VideoSource
+from emotibatch.io.video_cache import CACHE_BYTES_ENV, local_copy
 from emotibatch.testing import samples
 
 
@@ -41,7 +42,7 @@ def test_a_copy_is_fetched_once_and_shared(clip, proxy: FaultProxy, video_cache:
     uri, opts = f"s3://{key}", options(proxy.endpoint)
 
     def use() -> tuple[Path, bytes]:
-        with storage.local_copy(uri, opts) as path:
+        with local_copy(uri, opts) as path:
             return path, path.read_bytes()
 
     with ThreadPoolExecutor(4) as pool:  # flock holds between descriptors of one process too
@@ -61,11 +62,11 @@ def test_a_copy_is_fetched_once_and_shared(clip, proxy: FaultProxy, video_cache:
 def test_a_rewritten_object_is_fetched_again(s3, bucket, proxy: FaultProxy, video_cache: Path) -> None:
     uri, opts = f"s3://{bucket}/storage/rewritten.bin", options(proxy.endpoint)
     s3.pipe(uri, b"first")
-    with storage.local_copy(uri, opts) as path:
+    with local_copy(uri, opts) as path:
         assert path.read_bytes() == b"first"
     s3.pipe(uri, b"second!")
     fsspec.filesystem("s3", **opts).invalidate_cache()
-    with storage.local_copy(uri, opts) as path:
+    with local_copy(uri, opts) as path:
         assert path.read_bytes() == b"second!"
 
 
@@ -75,18 +76,18 @@ def test_eviction_is_lru_and_spares_copies_in_use(video_cache: Path, monkeypatch
     uris = {name: f"memory://{video_cache.name}-evict/{name}.mp4" for name in "abcd"}
     for name, uri in uris.items():
         fs.pipe(uri, name.encode() * 1000)
-    monkeypatch.setenv(storage.CACHE_BYTES_ENV, "2500")  # room for two copies
+    monkeypatch.setenv(CACHE_BYTES_ENV, "2500")  # room for two copies
 
     def cached() -> set[bytes]:
         return {p.read_bytes()[:1] for p in video_cache.iterdir() if p.suffix == ".mp4"}
 
-    with storage.local_copy(uris["a"]) as a:  # in use throughout
-        with storage.local_copy(uris["b"]):
+    with local_copy(uris["a"]) as a:  # in use throughout
+        with local_copy(uris["b"]):
             pass
-        with storage.local_copy(uris["c"]):  # b is the least recently used copy not in use
+        with local_copy(uris["c"]):  # b is the least recently used copy not in use
             assert cached() == {b"a", b"c"}
         assert a.read_bytes() == b"a" * 1000
-    with storage.local_copy(uris["d"]):  # a is free now, and older than c
+    with local_copy(uris["d"]):  # a is free now, and older than c
         assert cached() == {b"c", b"d"}
 
 
@@ -97,7 +98,7 @@ def test_transient_errors_are_retried(clip, proxy: FaultProxy, video_cache: Path
     proxy.inject(Fault("HEAD", key, 503, "SlowDown", times=2))
     proxy.inject(Fault("GET", key, 503, "SlowDown", times=2))
     proxy.inject(Fault("GET", key, None, "reset", times=6))
-    with storage.local_copy(f"s3://{key}", options(proxy.endpoint)) as path:
+    with local_copy(f"s3://{key}", options(proxy.endpoint)) as path:
         assert path.read_bytes() == data
     assert proxy.fired == {"SlowDown": 4, "reset": 6}
 
@@ -116,7 +117,7 @@ def test_permanent_errors_fail_at_once(clip, proxy: FaultProxy, video_cache, sta
     pattern = message.format(key=key)
     with (
         pytest.raises(storage.StorageError, match=pattern),
-        storage.local_copy(f"s3://{key}", options(proxy.endpoint)),
+        local_copy(f"s3://{key}", options(proxy.endpoint)),
     ):
         pass
     with pytest.raises(DecodeError, match=pattern):  # how the job reports it: that video fails
@@ -129,7 +130,7 @@ def test_errors_past_the_last_attempt_name_the_cause(clip, proxy, video_cache, f
     key, _ = clip
     proxy.inject(Fault("GET", key, 500, "InternalError", times=None))
     opts = options(proxy.endpoint, retries={"total_max_attempts": 1})
-    with pytest.raises(storage.StorageError) as caught, storage.local_copy(f"s3://{key}", opts):
+    with pytest.raises(storage.StorageError) as caught, local_copy(f"s3://{key}", opts):
         pass
     assert str(caught.value) == (
         f"could not read s3://{key} after {storage.ATTEMPTS} attempts (HTTP 500 InternalError); the storage was "
@@ -177,7 +178,7 @@ def test_credentials_and_endpoint_from_the_environment(clip, s3_endpoint, video_
     assert os.environ["AWS_SECRET_ACCESS_KEY"] == SECRET
     s3fs.S3FileSystem.clear_instance_cache()
     assert fsspec.filesystem("s3").config_kwargs == storage.S3_DEFAULTS["config_kwargs"]
-    with storage.local_copy(f"s3://{key}") as path:
+    with local_copy(f"s3://{key}") as path:
         assert path.read_bytes() == data
     s3fs.S3FileSystem.clear_instance_cache()
 
