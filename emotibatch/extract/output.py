@@ -176,9 +176,8 @@ class Output:
             raise ValueError(
                 f"{redact_uri(self.root)} holds tables but no {SETTINGS_FILE}; use --overwrite to replace them"
             )
-        self.fs.makedirs(self.path, exist_ok=True)
-        with self.fs.open(self.settings_path(), "w") as f:
-            json.dump(identity | {"layout": LAYOUT}, f, indent=1, sort_keys=True)
+        settings = json.dumps(identity | {"layout": LAYOUT}, indent=1, sort_keys=True)
+        files.write_bytes(self.fs, self.settings_path(), settings.encode())
 
     def _owned(self, path: str) -> bool:
         """Whether `path` (a file under OUT) is one emotibatch writes: a table's Parquet file or a
