@@ -60,7 +60,6 @@ from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -85,7 +84,7 @@ from emotibatch.inference.engagement import (
 )
 from emotibatch.io import files
 from emotibatch.io.redact import clean_text, redact_uri
-from emotibatch.io.sources import VIDEO_EXTENSIONS, uri_of
+from emotibatch.io.sources import VIDEO_EXTENSIONS, open_fs, uri_of
 from emotibatch.reports import report
 from emotibatch.reports.summary import summarize_engagement
 
@@ -440,7 +439,7 @@ def _modified(info: dict[str, Any]) -> datetime | None:
 def list_lectures(config: NightlyConfig) -> list[tuple[Lecture, datetime | None, bool]]:
     """Every video under the prefix, its modification time, and whether its completion marker exists
     (True when no marker is configured)."""
-    fs, root = fsspec.core.url_to_fs(config.prefix, **config.extract.storage_options)
+    fs, root = open_fs(config.prefix, config.extract.storage_options)
     root = root.rstrip("/")
     found = fs.find(root, detail=True)
     if not found and not fs.isdir(root):

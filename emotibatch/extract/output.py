@@ -33,14 +33,13 @@ import urllib.parse
 import uuid
 from datetime import datetime, timezone
 
-import fsspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from emotibatch.io import files
 from emotibatch.io.redact import redact_uri
-from emotibatch.io.sources import is_local
+from emotibatch.io.sources import is_local, open_fs
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +83,7 @@ class Output:
     def __init__(self, root: str, storage_options: dict | None = None) -> None:
         self.root = root
         self.storage_options = dict(storage_options or {})
-        self.fs, self.path = fsspec.core.url_to_fs(root, **self.storage_options)
+        self.fs, self.path = open_fs(root, self.storage_options)
         self.path = self.path.rstrip("/")
 
     def __reduce__(self):
@@ -211,7 +210,7 @@ class Output:
     def contains(self, uri: str) -> bool:
         """Whether `uri` (an input) lies inside this output, where --overwrite or a commit could touch it."""
         try:
-            fs, path = fsspec.core.url_to_fs(uri, **self.storage_options)
+            fs, path = open_fs(uri, self.storage_options)
         except (ValueError, ImportError):
             return False
         if fs.protocol != self.fs.protocol:

@@ -25,12 +25,12 @@ from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Literal
 
-import fsspec
 import onnx
 from fsspec.implementations.local import LocalFileSystem
 
 from emotibatch.io import files
 from emotibatch.io.redact import clean_text, redact_uri
+from emotibatch.io.sources import open_fs
 
 __all__ = [
     "CACHE_ENV",
@@ -404,7 +404,7 @@ def _fetch(
     check = partial(_mismatch, expected=expected)
     reason = "no model dir given"
     if model_dir:
-        fs, root = fsspec.core.url_to_fs(model_dir, **options)
+        fs, root = open_fs(model_dir, options)
         path = f"{root.rstrip('/')}/{card.filename}"
         shown = f"{redact_uri(model_dir).rstrip('/')}/{card.filename}"
         try:
@@ -466,7 +466,7 @@ def resolve_card(
 
 def _resolve_uri(uri: str, cache: Path, options: dict) -> Path:
     """A local file for an fsspec URI; remote files are cached and fetched again when their stamp changes."""
-    fs, path = fsspec.core.url_to_fs(uri, **options)
+    fs, path = open_fs(uri, options)
     shown = redact_uri(uri)
     if isinstance(fs, LocalFileSystem):
         if not fs.isfile(path):
@@ -562,6 +562,6 @@ def export(name: str, to: str, *, cache_dir: str | None = None, storage_options:
     """
     card = _require_card(name)
     local = resolve_card(card, cache_dir=cache_dir, storage_options=storage_options)
-    fs, root = fsspec.core.url_to_fs(to, **(storage_options or {}))
+    fs, root = open_fs(to, storage_options)
     files.put_file(local, fs, f"{root.rstrip('/')}/{card.filename}")
     return f"{redact_uri(to).rstrip('/')}/{card.filename}"

@@ -36,6 +36,7 @@ import fsspec
 
 from emotibatch.io import files
 from emotibatch.io.redact import redact_uri
+from emotibatch.io.sources import open_fs
 from emotibatch.io.storage import StorageError, retrying
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,7 @@ def local_copy(
     The path is valid inside the `with` block: the copy is not evicted while any task holds it. `info` is
     the file's fsspec info when the caller has it already. Raises StorageError.
     """
-    fs, path = fsspec.core.url_to_fs(uri, **(storage_options or {}))
+    fs, path = open_fs(uri, storage_options)
     shown = redact_uri(uri)
     if info is None:
         info = retrying(lambda: fs.info(path), shown)

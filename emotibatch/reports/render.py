@@ -19,7 +19,6 @@ from typing import Any
 
 import av
 import cv2
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -29,7 +28,7 @@ from emotibatch.extract.decode import DecodeError, Sampling, Segment, decode_seg
 from emotibatch.extract.output import Output
 from emotibatch.io import files
 from emotibatch.io.redact import redact_uri
-from emotibatch.io.sources import VideoSource
+from emotibatch.io.sources import VideoSource, open_fs
 from emotibatch.reports.report import colors, read_settings
 
 __all__ = ["RenderResult", "draw_faces", "render_clip"]
@@ -137,7 +136,7 @@ def render_clip(
     by_frame = _faces_by_frame(faces)
     palette = colors(list(schema.Provenance.from_schema(faces.schema).classes)) if faces is not None else {}
 
-    target_fs, target = fsspec.core.url_to_fs(output, **(storage_options or {}))
+    target_fs, target = open_fs(output, storage_options)
     segment = Segment(row["video_id"], 0, first, stop, tuple(indices))
     frames = decode_segment(source, info, segment, storage_options=storage_options)
     with files.writing(target_fs, target) as local:

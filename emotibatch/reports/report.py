@@ -34,7 +34,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 import cv2
-import fsspec
 import matplotlib as mpl
 import numpy as np
 import pyarrow as pa
@@ -59,7 +58,7 @@ from emotibatch.extract.decode import (
 from emotibatch.extract.output import Output
 from emotibatch.io import files
 from emotibatch.io.redact import clean_text, redact_uri
-from emotibatch.io.sources import VideoSource
+from emotibatch.io.sources import VideoSource, open_fs
 from emotibatch.reports.summary import summarize_engagement, tracks_of, window_series
 
 __all__ = [
@@ -989,7 +988,7 @@ def _read_parquet(source: str | pa.Table, storage_options: dict | None) -> pa.Ta
     """A table, or a Parquet file or directory of Parquet files (names starting "_" or "." skipped)."""
     if isinstance(source, pa.Table):
         return source
-    fs, path = fsspec.core.url_to_fs(source, **(storage_options or {}))
+    fs, path = open_fs(source, storage_options)
     if not fs.exists(path):
         raise ValueError(f"{redact_uri(source)}: not found")
     return pq.read_table(path, filesystem=fs)
@@ -1021,7 +1020,7 @@ def _sampled_frames(row: Mapping[str, Any], settings: Mapping[str, Any]) -> np.n
 
 
 def _write_text(path: str, text: str, storage_options: dict | None) -> None:
-    fs, target = fsspec.core.url_to_fs(path, **(storage_options or {}))
+    fs, target = open_fs(path, storage_options)
     files.write_bytes(fs, target, text.encode())
 
 
@@ -1202,9 +1201,9 @@ def write_index(
     is skipped), or the given report paths in order. Links are relative where a report shares the
     index's filesystem, so the pages open from disk and from a bucket alike. Returns html_path."""
     options = storage_options or {}
-    fs, index = fsspec.core.url_to_fs(html_path, **options)
+    fs, index = open_fs(html_path, options)
     if isinstance(night_dir_or_list, str):
-        root_fs, root = fsspec.core.url_to_fs(night_dir_or_list, **options)
+        root_fs, root = open_fs(night_dir_or_list, options)
         found = sorted(p for p in root_fs.find(root) if p.endswith(".html") and p != index)
         paths = [root_fs.unstrip_protocol(p) if "://" in night_dir_or_list else p for p in found]
     else:
@@ -1212,7 +1211,7 @@ def write_index(
     base = posixpath.dirname(index)
     reports = []
     for path in paths:
-        report_fs, report = fsspec.core.url_to_fs(path, **options)
+        report_fs, report = open_fs(path, options)
         with report_fs.open(report, "rb") as f:
             summary = report_summary(f.read(_HEAD_BYTES).decode("utf-8", "replace"))
         if summary is not None:

@@ -430,6 +430,14 @@ def test_http_uri_through_fsspec_keeps_queries_out_of_cache_names(server: FakeSe
     assert not any("s3cr3t" in p.name for p in isolated.rglob("*"))
 
 
+def test_an_http_model_is_read_without_the_object_stores_options(server: FakeServer, isolated: Path) -> None:
+    """--storage-options are for s3:// and the like: given to fsspec's HTTP filesystem they were arguments it
+    does not know (a TypeError that ended the job before any work)."""
+    server.routes["/remote.onnx"] = [ONNX]
+    s3_options = {"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": "http://127.0.0.1:9"}}
+    assert resolve(server.url("/remote.onnx"), storage_options=s3_options).read_bytes() == ONNX
+
+
 # Several processes on one node
 
 
