@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import logging
 import random
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -82,8 +83,23 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {clean_text(' '.join(str(exc).split()))}"[:300]
 
 
+def _invalid_request(exc: BaseException) -> bool:
+    """botocore refuses to send a request whose parameters are invalid (a bucket name holding "user:key@",
+    say): no HTTP status says so, and sending it again cannot help. botocore is only imported by s3fs, so
+    an error of a process that never imported it is not botocore's."""
+    exceptions = sys.modules.get("botocore.exceptions")
+    if exceptions is None:
+        return False
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, exceptions.ParamValidationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def _is_permanent(exc: BaseException) -> bool:
-    if isinstance(exc, _PERMANENT):
+    if isinstance(exc, _PERMANENT) or _invalid_request(exc):
         return True
     status, _ = _http_status(exc)
     return status is not None and 400 <= status < 500 and status not in _RETRIED_4XX
