@@ -24,7 +24,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from emotibatch import schema
-from emotibatch.extract.decode import DecodeError, Sampling, Segment, decode_segment, probe, sample_indices
+from emotibatch.extract.decode import (
+    DecodeError,
+    Sampling,
+    Segment,
+    VideoInfo,
+    decode_segment,
+    probe,
+    sample_indices,
+)
 from emotibatch.extract.output import Output
 from emotibatch.io import files
 from emotibatch.io.redact import redact_uri
@@ -86,6 +94,19 @@ def draw_faces(
         )
 
 
+def frame_span(info: VideoInfo, start_s: float, end_s: float | None) -> tuple[int, int]:
+    """The frames shown from `start_s` up to `end_s` (None: the end), [first, stop): by presentation time
+    on a variable-rate video, where index / fps drifts from it, else by index / fps."""
+    if info.timestamps:
+        times = info.times(np.arange(info.frame_count))
+        first = int(np.searchsorted(times, start_s - 1e-9))
+        return first, info.frame_count if end_s is None else int(np.searchsorted(times, end_s - 1e-9))
+    first = math.ceil(start_s * info.fps - 1e-9)
+    return first, info.frame_count if end_s is None else min(
+        info.frame_count, math.ceil(end_s * info.fps - 1e-9)
+    )
+
+
 def render_clip(
     video: str,
     output: str,
@@ -112,8 +133,7 @@ def render_clip(
         info = probe(source, storage_options=storage_options, frame_rate=settings.get("frame_rate") or 30.0)
     except DecodeError as exc:
         raise ValueError(str(exc)) from exc
-    first = math.ceil(start_s * info.fps - 1e-9)
-    stop = info.frame_count if end_s is None else min(info.frame_count, math.ceil(end_s * info.fps - 1e-9))
+    first, stop = frame_span(info, start_s, end_s)
     missing = set(info.missing_frames)
     indices = [i for i in range(first, stop) if i not in missing]
     if not indices:
