@@ -262,20 +262,22 @@ def test_an_input_naming_a_video_is_kept_whatever_its_lookup_says(tmp_path: Path
 
 
 @pytest.fixture
-def failing_listing(monkeypatch: pytest.MonkeyPatch):
-    """The memory filesystem's listing fails with the given exception; retries do not wait."""
-    monkeypatch.setattr(storage, "BACKOFF_S", 0.0)
-    calls = []
+def failing_listing() -> Iterator:
+    """The memory filesystem's listing fails with the given exception; retries do not wait. Undone at this
+    fixture's own teardown (not the shared monkeypatch's), before `memory_root` cleans up by listing."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(storage, "BACKOFF_S", 0.0)
+        calls = []
 
-    def fail_with(exc: Exception) -> list:
-        def find(self, path, *args, **kwargs):
-            calls.append(path)
-            raise exc
+        def fail_with(exc: Exception) -> list:
+            def find(self, path, *args, **kwargs):
+                calls.append(path)
+                raise exc
 
-        monkeypatch.setattr(fsspec.implementations.memory.MemoryFileSystem, "find", find)
-        return calls
+            patch.setattr(fsspec.implementations.memory.MemoryFileSystem, "find", find)
+            return calls
 
-    return fail_with
+        yield fail_with
 
 
 def test_a_listing_that_keeps_failing_stops_before_any_work(memory_root: str, failing_listing) -> None:
