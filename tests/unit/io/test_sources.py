@@ -232,6 +232,15 @@ def test_with_frame_folders_searched_images_are_frames_and_named_images_stay_ima
     ]
 
 
+def test_a_video_and_an_image_that_differ_only_by_extension_need_ids(tmp_path: Path) -> None:
+    touch(tmp_path, "talk.mp4", "talk.jpg")
+    with pytest.raises(
+        ValueError, match=r"video_id 'talk' names two inputs: .*; give them distinct ids"
+    ) as caught:
+        list_sources([str(tmp_path)])
+    assert str(tmp_path / "talk.mp4") in str(caught.value) and str(tmp_path / "talk.jpg") in str(caught.value)
+
+
 def test_a_named_image_is_kept_missing_and_urls_take_their_kind_from_the_path(tmp_path: Path) -> None:
     (missing,) = list_sources([str(tmp_path / "gone.jpg")])
     assert (missing.video_id, missing.kind) == ("gone", "image")
