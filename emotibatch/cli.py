@@ -148,7 +148,10 @@ def _sampling(fps: float | None, every: int | None, all_frames: bool) -> Samplin
     "--segment-seconds", type=float, default=60.0, show_default=True, help="Split long videos into segments."
 )
 @click.option(
-    "--frame-folders", is_flag=True, help="Inputs are folders of frame images (00001.jpg = frame 0)."
+    "--frame-folders",
+    is_flag=True,
+    help="Each folder of images found is one video, its images the frames (00001.jpg = frame 0); without "
+    "it each image is an input of its own.",
 )
 @click.option(
     "--frame-rate", type=float, default=30.0, show_default=True, help="Frame rate of frame folders."
@@ -189,7 +192,8 @@ def _sampling(fps: float | None, every: int | None, all_frames: bool) -> Samplin
 @click.option("--overwrite", is_flag=True, help="Replace an output made with other settings.")
 @storage_options_option
 def extract(inputs: tuple[str, ...], fps, every, all_frames, storage_options, **options) -> None:
-    """Detect faces and their emotions in INPUT... (videos, folders, globs, URIs or CSV/Parquet manifests).
+    """Detect faces and their emotions in INPUT... (videos, images, folders, globs, URIs or CSV/Parquet
+    manifests).
 
     Reruns with the same arguments skip finished videos, retry failed ones and never duplicate rows.
     """

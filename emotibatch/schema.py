@@ -186,6 +186,9 @@ VIDEOS_BASE = pa.schema(
     [
         pa.field("video_id", pa.string(), nullable=False),
         pa.field("source_uri", pa.string(), nullable=False),
+        # "video", "image" (a still: one frame) or "frames" (a frame folder); null in rows written before
+        # emotibatch recorded it.
+        pa.field("kind", pa.string()),
         pa.field("status", pa.string(), nullable=False),  # "ok" or "failed"
         pa.field("error", pa.string()),
         pa.field("fps", pa.float64()),

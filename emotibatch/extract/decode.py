@@ -49,6 +49,15 @@ number and frame_index = number - 1 (ABAW's `00001.jpg` is frame 0). Gaps are ke
 highest index + 1 and `VideoInfo.missing_frames` lists the gaps, which sampling skips. A folder has no
 frame rate of its own: the caller gives one (`frame_rate`, 30 fps by default).
 
+Still images (`VideoSource.kind == "image"`) are one-frame inputs: frame_index 0 at timestamp 0. A still
+has no frame rate; `VideoInfo.fps` is `IMAGE_FPS` (1) by convention, so every sampling rule keeps its frame
+0, and duration_s is 0. An image is read the way insightface's and EmotiEffLib's own examples read photos,
+with OpenCV's `imread` rule (`cv2.IMREAD_COLOR`): the EXIF orientation is applied (a phone's portrait photo
+comes out upright, as a viewer shows it and as the detector needs its faces), greyscale is expanded to
+three channels and an alpha channel is dropped (the colour as stored, not composited on a background).
+Frame folders' images are read by the same rule. A remote image is read from the node-local cache, as a
+remote video is.
+
 Every failure to read an input is a `DecodeError` whose message names the input (credentials redacted)
 and what to do about it.
 """
@@ -86,6 +95,8 @@ BATCH_SIZE = 32
 # Frames per Ray Data block between decoding and the face actors.
 FRAMES_PER_BLOCK = 16
 DEFAULT_FRAME_RATE = 30.0
+# The frame rate recorded for a still image (see the module doc): a convention, not a measurement.
+IMAGE_FPS = 1.0
 # floor(x + 0.5) on a float product: lets an exact half that rounding left just below .5 round up.
 _HALF_TOLERANCE = 1e-6
 _DIGITS = re.compile(r"\d+")
@@ -269,7 +280,8 @@ def _denied(shown: str) -> DecodeError:
 @contextmanager
 def _video_file(source: VideoSource, storage_options: dict | None) -> Iterator[tuple[str, int]]:
     """The local path the decoder opens and the file's size, after the checks that give a missing, empty
-    or unreadable file its own message. A remote video is a copy in the node-local cache (video_cache.py)."""
+    or unreadable file its own message. A remote video or image is a copy in the node-local cache
+    (video_cache.py)."""
     shown = source.source_uri
     fs, path = open_fs(source.uri, storage_options)
     local = is_local(fs)
@@ -331,6 +343,8 @@ def probe(
     _check_threads(num_threads)
     if source.kind == "frames":
         return _probe_frames(source, storage_options, frame_rate)
+    if source.kind == "image":
+        return _probe_image(source, storage_options)
     shown = source.source_uri
     with _video_file(source, storage_options) as (file, size):
         fps, claimed, width, height, ticks, tick = _demux(file, shown)
@@ -400,6 +414,8 @@ def decode_segment(
         return
     if source.kind == "frames":
         frames = _decode_frames(source, indices, storage_options)
+    elif source.kind == "image":
+        frames = _decode_image(source, indices, storage_options)
     elif info.seekable and (backend or default_backend()) == "decord":
         frames = _decode_decord(source, indices, storage_options, num_threads, batch_size)
     else:
@@ -489,13 +505,20 @@ def _frame_files(source: VideoSource, storage_options: dict | None) -> tuple[dic
     return dict(sorted(files.items())), size
 
 
+def _rgb_image(data: bytes) -> np.ndarray | None:
+    """An encoded image as an RGB uint8 HxWx3 array by OpenCV's imread rule (see the module doc), or None
+    when OpenCV cannot decode it."""
+    buffer = np.frombuffer(data, np.uint8)
+    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+    return None if image is None else cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
 def _read_image(fs: fsspec.AbstractFileSystem, path: str, shown: str) -> np.ndarray:
-    data = np.frombuffer(fs.cat_file(path), np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
+    image = _rgb_image(fs.cat_file(path))
     if image is None:
         name = posixpath.basename(path)
         raise DecodeError(f"could not read the image {name} in {shown}; it is empty or corrupt")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image
 
 
 def _probe_frames(source: VideoSource, storage_options: dict | None, frame_rate: float) -> VideoInfo:
@@ -516,6 +539,38 @@ def _decode_frames(
         if index not in files:
             raise DecodeError(f"frame {index} of {source.source_uri} has no image")
         yield index, _read_image(fs, files[index], source.source_uri)
+
+
+def _read_still(source: VideoSource, storage_options: dict | None) -> tuple[np.ndarray, int]:
+    """A still image's one RGB frame and its file size."""
+    shown = source.source_uri
+    with _video_file(source, storage_options) as (file, size), open(file, "rb") as f:
+        image = _rgb_image(f.read())
+    if image is None:
+        kinds = ", ".join(IMAGE_EXTENSIONS)
+        raise DecodeError(
+            f"could not decode the image {shown}: it is corrupt, cut short or not an image ({kinds}); "
+            "copy it again, or open it and save it again as JPEG or PNG"
+        )
+    return image, size
+
+
+def _probe_image(source: VideoSource, storage_options: dict | None) -> VideoInfo:
+    """One frame at time 0. The image is decoded, not only its header read: its size is then the size of
+    the frame decoding gives (after the EXIF rotation), and a corrupt image fails here, before any work."""
+    image, size = _read_still(source, storage_options)
+    height, width = image.shape[:2]
+    # Not seekable: one segment, whatever --segment-seconds says (a segment shorter than a second would
+    # otherwise cover no frame at IMAGE_FPS).
+    return VideoInfo(IMAGE_FPS, 1, 0.0, width, height, size, seekable=False)
+
+
+def _decode_image(
+    source: VideoSource, indices: list[int], storage_options: dict | None
+) -> Iterator[tuple[int, np.ndarray]]:
+    if indices != [0]:
+        raise ValueError(f"a still image has only frame 0, asked for frames {indices} of {source.source_uri}")
+    yield 0, _read_still(source, storage_options)[0]
 
 
 # -- the extraction job's steps -----------------------------------------------------------------------

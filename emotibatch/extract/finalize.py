@@ -110,6 +110,7 @@ def _video_row(job: VideoJob, run_id: str) -> dict:
     return {
         "video_id": job.source.video_id,
         "source_uri": job.source.source_uri,
+        "kind": job.source.kind,
         "status": "failed",
         "error": None,
         "fps": info.fps if info else None,

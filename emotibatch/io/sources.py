@@ -2,16 +2,23 @@
 
 `list_sources` turns the job's INPUT arguments into a sorted list of `VideoSource`s. An input is any of:
 
-- a video file (by path or URI). A missing file is still returned: it must end up as a failed row of the
-  videos table, not abort the listing of a large corpus;
+- a video or image file (by path or URI). A missing file is still returned: it must end up as a failed row
+  of the videos table, not abort the listing of a large corpus;
 - a directory or object-store prefix (`s3://bucket/clips/`, `file://`, `memory://`), searched
-  recursively for `VIDEO_EXTENSIONS`;
-- a glob (`data/*/Happy/*.avi`, `s3://bucket/**/*.mp4`);
+  recursively for `VIDEO_EXTENSIONS` and `IMAGE_EXTENSIONS`;
+- a glob (`data/*/Happy/*.avi`, `s3://bucket/**/*.mp4`, `photos/*.jpg`);
 - a manifest: a `.csv` or `.parquet` file with a `uri` column, an optional `video_id` column and any
   other columns, which are carried into the videos table as `VideoSource.extra`. Relative uris resolve
   against the manifest's directory. See `_read_manifest` for the column rules;
 - with `frame_folders=True`, also every directory that holds images (`IMAGE_EXTENSIONS`) directly: one
   video per folder, its frame numbers read from the file names (ABAW's `cropped_aligned/<video>/00001.jpg`).
+
+Images. A still image (`IMAGE_EXTENSIONS`) is an input of its own, one frame (`kind="image"`), wherever it
+is found: named directly, in a manifest row, in a searched directory or matched by a glob; photos are as
+common a start as videos. `frame_folders=True` changes what searching finds, and only that: every folder
+holding images directly is then one video (`kind="frames"`) and no image found by searching is an input
+of its own. An image file named directly (a path, a URI, a manifest row) is always an image input, since
+one file is never a folder. So the flag alone decides, and each image is read one way, never both.
 
 Hidden files and folders (a name starting with ".", e.g. macOS `._clip.mp4`) are skipped when searching.
 
@@ -19,16 +26,16 @@ Listing runs before any work, so an input that cannot be listed (a directory, pr
 storage refuses or cannot reach) is bad usage: `list_sources` raises, naming the input and what to do, and
 the job stops before it starts (CLI exit 2). Its videos are unknown, so no row could stand for them, and a
 job that silently skipped a whole prefix would look complete. Transient object-store errors are retried
-first (`storage.retrying`). An input that names one video file is different: whatever its lookup says
-(missing, denied, a name too long for the file system), it is kept and fails alone, as its own row.
+first (`storage.retrying`). An input that names one video or image file is different: whatever its lookup
+says (missing, denied, a name too long for the file system), it is kept and fails alone, as its own row.
 
 Storage options are for the filesystems the inputs and the output live on (`s3://`, `gs://`, ...); an
 `http(s)://` URL is read as given, without them (`options_for`): a presigned or public URL needs none, and
 fsspec's HTTP filesystem would take an object store's options as arguments it does not know.
 
-video_id rule: a manifest's `video_id` wins; otherwise the file stem (the folder name for frame folders).
-Stems shared by several sources become each one's path relative to the common root of the inputs they
-were found under, without the extension (AFEW's `Train/Happy/001.avi` and `Val/Happy/001.avi` become
+video_id rule: a manifest's `video_id` wins; otherwise the file stem, for videos and images alike (the
+folder name for frame folders). Stems shared by several sources become each one's path relative to the
+common root of the inputs they were found under, without the extension (AFEW's `Train/Happy/001.avi` and `Val/Happy/001.avi` become
 `Train/Happy/001` and `Val/Happy/001`). The same uri found twice is one source; two different uris that
 still get the same id are an error, since every output row is keyed by video_id.
 
@@ -63,7 +70,8 @@ MANIFEST_EXTENSIONS = (".csv", ".parquet")
 # Read by plain HTTP(S), never listed: a presigned URL's "?" is not a glob.
 URL_PROTOCOLS = ("http://", "https://")
 
-Kind = Literal["video", "frames"]
+Kind = Literal["video", "frames", "image"]
+KINDS: tuple[Kind, ...] = ("video", "frames", "image")
 T = TypeVar("T")
 _GLOB = re.compile(r"[*?\[]")
 
@@ -75,7 +83,8 @@ _SCALARS = (type(None), bool, int, float, str, datetime.date)
 
 @dataclass(frozen=True)
 class VideoSource:
-    """One video to process: a video file, or a folder of frame images (`kind="frames"`).
+    """One input to process: a video file, a folder of frame images (`kind="frames"`) or a still image
+    (`kind="image"`, one frame). Every kind is a "video" to the rest of the job: one row in `videos/`.
 
     `extra` holds a manifest's other columns as (name, value) pairs, in column order; a mapping is
     accepted and stored as pairs so that the source stays hashable. Values are scalars (`Scalar`): the
@@ -88,8 +97,8 @@ class VideoSource:
     extra: tuple[tuple[str, Scalar], ...] = field(default=())
 
     def __post_init__(self) -> None:
-        if self.kind not in ("video", "frames"):
-            raise ValueError(f"kind must be 'video' or 'frames', got {self.kind!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
         if not self.video_id:
             raise ValueError(f"empty video_id for {self.source_uri}")
         pairs = self.extra.items() if isinstance(self.extra, Mapping) else self.extra
@@ -141,6 +150,11 @@ def _ext(path: str) -> str:
     return posixpath.splitext(path)[1].lower()
 
 
+def _file_kind(uri: str) -> Kind:
+    """What a file named by `uri` is read as: an image by its extension, else a video."""
+    return "image" if _ext(redact_uri(uri)) in IMAGE_EXTENSIONS else "video"
+
+
 def _hidden(path: str, root: str) -> bool:
     return any(part.startswith(".") for part in posixpath.relpath(path, root).split("/"))
 
@@ -148,27 +162,28 @@ def _hidden(path: str, root: str) -> bool:
 def _search(
     fs: fsspec.AbstractFileSystem, files: list[str], root: str, frame_folders: bool, what: str
 ) -> list[_Found]:
-    """Videos (and with `frame_folders`, image folders) among `files`, all found under `root`.
+    """Videos and images among `files`, all found under `root`; with `frame_folders`, the folders of
+    images instead of the images (see the module docstring).
 
     `what` names the input in errors, e.g. "data/ holds" or "the glob data/*.mp4 matches".
     """
     files = [f for f in files if not _hidden(f, root)]
     found = [_Found(uri_of(fs, f), uri_of(fs, root)) for f in files if _ext(f) in VIDEO_EXTENSIONS]
-    folders = sorted({posixpath.dirname(f) for f in files if _ext(f) in IMAGE_EXTENSIONS})
+    images = [f for f in files if _ext(f) in IMAGE_EXTENSIONS]
     if frame_folders:
         # A folder that is the input itself is named relative to the input's parent.
         found += [
             _Found(uri_of(fs, d), uri_of(fs, posixpath.dirname(d) if d == root else root), "frames")
-            for d in folders
+            for d in sorted({posixpath.dirname(f) for f in images})
         ]
+    else:
+        found += [_Found(uri_of(fs, f), uri_of(fs, root), "image") for f in images]
     if found:
         return found
-    looked = ", ".join(VIDEO_EXTENSIONS)
+    looked, pictures = ", ".join(VIDEO_EXTENSIONS), ", ".join(IMAGE_EXTENSIONS)
     if frame_folders:
-        images = ", ".join(IMAGE_EXTENSIONS)
-        raise ValueError(f"{what} no videos ({looked}) and no folders of images ({images})")
-    hint = f"; it holds images in {len(folders)} folder(s): pass --frame-folders" if folders else ""
-    raise ValueError(f"{what} no videos (looked for {looked}){hint}")
+        raise ValueError(f"{what} no videos ({looked}) and no folders of images ({pictures})")
+    raise ValueError(f"{what} no videos (looked for {looked}) and no images ({pictures})")
 
 
 def _glob_root(path: str) -> str:
@@ -311,7 +326,9 @@ def _read_manifest(
             raise ValueError(f"manifest {shown}, row {line}: empty uri")
         if "://" not in uri and not posixpath.isabs(uri):
             uri = fs.unstrip_protocol(posixpath.normpath(posixpath.join(base, uri)))
-        kind: Kind = "frames" if frame_folders and _ext(redact_uri(uri)) not in VIDEO_EXTENSIONS else "video"
+        kind: Kind = _file_kind(uri)
+        if kind == "video" and frame_folders and _ext(redact_uri(uri)) not in VIDEO_EXTENSIONS:
+            kind = "frames"
         extra = tuple(row.items())
         found.append(_Found(_normalize(uri, storage_options), root, kind, video_id or None, extra))
     return found
@@ -334,22 +351,24 @@ def _info(fs: fsspec.AbstractFileSystem, path: str) -> dict | None:
 def _expand(inp: str, frame_folders: bool, storage_options: dict | None) -> list[_Found]:
     shown = redact_uri(inp)
     if inp.startswith(URL_PROTOCOLS):
-        return [_Found(inp, posixpath.dirname(shown))]
+        return [_Found(inp, posixpath.dirname(shown), _file_kind(inp))]
     fs, path = open_fs(inp, storage_options)
-    video = _Found(uri_of(fs, path), uri_of(fs, posixpath.dirname(path)))
-    names_a_video = _ext(path) in VIDEO_EXTENSIONS and not inp.endswith("/") and not _GLOB.search(path)
+    file = _Found(uri_of(fs, path), uri_of(fs, posixpath.dirname(path)), _file_kind(path))
+    names_a_file = (
+        _ext(path) in VIDEO_EXTENSIONS + IMAGE_EXTENSIONS and not inp.endswith("/") and not _GLOB.search(path)
+    )
     try:
         info = _look(fs, lambda: _info(fs, path), shown)
     except OSError as exc:
-        if names_a_video:
-            return [video]  # it fails alone, as its own row, with this reason
+        if names_a_file:
+            return [file]  # it fails alone, as its own row, with this reason
         if isinstance(exc, storage.StorageError):
             raise
         raise ValueError(f"cannot read {shown}: {exc.strerror or exc}; check the path and access") from None
     if info is not None and info["type"] != "directory":
         if _ext(path) in MANIFEST_EXTENSIONS:
             return _read_manifest(fs, path, frame_folders, storage_options)
-        return [video]
+        return [file]
     if info is not None:
         return _search(fs, _look(fs, lambda: fs.find(path), shown), path, frame_folders, f"{shown} holds")
     if _GLOB.search(path):
@@ -358,10 +377,10 @@ def _expand(inp: str, frame_folders: bool, storage_options: dict | None) -> list
         for match, found in sorted(_look(fs, lambda: fs.glob(path, detail=True), shown).items()):
             files += _look(fs, partial(fs.find, match), shown) if found["type"] == "directory" else [match]
         return _search(fs, files, root, frame_folders, f"the glob {shown} matches")
-    if names_a_video:
-        return [video]
+    if names_a_file:
+        return [file]
     raise ValueError(
-        f"not found: {shown}; give a video file, a directory, a glob, a .csv/.parquet manifest or a URI"
+        f"not found: {shown}; give a video or image file, a directory, a glob, a .csv/.parquet manifest or a URI"
     )
 
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import av
 import cv2
@@ -247,6 +247,35 @@ def make_frame_folder(
     return directory
 
 
+def make_image(
+    path: str | Path,
+    *,
+    faces: Sequence[FaceTrack] = (),
+    width: int = 160,
+    height: int = 96,
+    mode: Literal["rgb", "rgba", "grey"] = "rgb",
+) -> Path:
+    """Write a still image of `render_frame(faces, 0)` (each track's frame-0 face) and return its path; the
+    format follows the extension (PNG is lossless, JPEG is not).
+
+    "rgba" adds an alpha channel that falls from 255 to 0 across the image (what a reader drops, not what
+    it composites), "grey" writes one channel (the frame is grey already, so nothing is lost).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = render_frame(faces, 0, width=width, height=height)
+    if mode == "grey":
+        image = frame[..., 0]
+    elif mode == "rgba":
+        alpha = np.linspace(255, 0, width).round().astype(np.uint8)
+        image = np.dstack([cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), np.broadcast_to(alpha, (height, width))])
+    else:
+        image = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+    if not cv2.imwrite(str(path), image):
+        raise ValueError(f"OpenCV cannot write a {mode} image as {path.name}")
+    return path
+
+
 def make_bad_inputs(directory: str | Path) -> dict[str, Path]:
     """Inputs every reader must turn into a clear error rather than a crash or silent garbage.
 
@@ -318,7 +347,13 @@ def write_synthetic_extract(
     faces_schema = provenance.on(schema.faces_schema(len(CLASSES_8), dim, features_dtype))
     out = Output(str(root))
     for video_id in failed:
-        row = {"video_id": video_id, "source_uri": video_id, "status": "failed", "error": "cannot decode"}
+        row = {
+            "video_id": video_id,
+            "source_uri": video_id,
+            "kind": "video",
+            "status": "failed",
+            "error": "cannot decode",
+        }
         out.commit_video(video_id, None, pa.Table.from_pylist([row | {"run_id": "r"}], schema.VIDEOS_BASE))
     for video_id, mean in means.items():
         n = 0 if mean is None else frames * faces_per_frame
@@ -354,6 +389,7 @@ def write_synthetic_extract(
         row = {
             "video_id": video_id,
             "source_uri": video_id,
+            "kind": "video",
             "status": "ok",
             "fps": fps,
             "frame_count": frames,

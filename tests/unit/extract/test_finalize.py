@@ -68,3 +68,20 @@ def test_lost_frames_get_no_rows_are_counted_and_do_not_break_tracks(tmp_path: P
     assert faces["timestamp_s"].to_pylist() == [times[i] for i in range(13) if i not in LOST]
     videos = output.read_tables("videos").to_pylist()
     assert [(v["frames_lost"], v["warning"]) for v in videos] == [(3, row["warning"])]
+
+
+def test_the_row_says_what_kind_of_input_it_is(tmp_path: Path) -> None:
+    output = Output(str(tmp_path / "out"))
+    faces_schema = schema.with_metadata(
+        schema.faces_schema(N_CLASSES, DIM, "none"), {"classes": list(CLASSES_8)}
+    )
+    for name, kind in (("photo.jpg", "image"), ("frames", "frames"), ("talk.mp4", "video")):
+        source = VideoSource(str(tmp_path / name), name.split(".")[0], kind)  # type: ignore[arg-type]
+        finalize_video(VideoJob(source, None, "could not probe it"), output, faces_schema, "run")
+    videos = output.read_tables("videos")
+    assert videos.schema.field("kind").type == pa.string()
+    assert {v["video_id"]: v["kind"] for v in videos.to_pylist()} == {
+        "photo": "image",
+        "frames": "frames",
+        "talk": "video",
+    }

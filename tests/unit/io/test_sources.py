@@ -196,6 +196,61 @@ def test_frame_folders_are_one_video_each(tmp_path: Path) -> None:
     assert (single.video_id, single.kind) == ("video2", "frames")
 
 
+def test_images_are_inputs_of_their_own_given_found_or_in_a_manifest(tmp_path: Path) -> None:
+    touch(tmp_path, "mixed/talk.mp4", "mixed/group.JPG", "mixed/faces/portrait.png", "mixed/.hidden.jpg")
+    touch(tmp_path, "single.jpeg", "other/group.png")
+    sources = list_sources([str(tmp_path / "mixed"), str(tmp_path / "single.jpeg")])
+    assert [(s.video_id, s.kind) for s in sources] == [
+        ("group", "image"),
+        ("portrait", "image"),
+        ("single", "image"),
+        ("talk", "video"),
+    ]
+    assert sources[0].uri == str(tmp_path / "mixed/group.JPG")
+    # Shared stems get their relative paths, without the extension, as videos do.
+    shared = list_sources([str(tmp_path / "mixed"), str(tmp_path / "other")])
+    assert ids(shared) == ["mixed/group", "other/group", "portrait", "talk"]
+    globbed = list_sources([str(tmp_path / "mixed" / "**" / "*.png")])
+    assert [(s.video_id, s.kind) for s in globbed] == [("portrait", "image")]
+    (tmp_path / "m.csv").write_text("uri,video_id\nsingle.jpeg,photo_1\nmixed/talk.mp4,\n")
+    listed = list_sources([str(tmp_path / "m.csv")], frame_folders=True)
+    assert [(s.video_id, s.kind) for s in listed] == [("photo_1", "image"), ("talk", "video")]
+
+
+def test_with_frame_folders_searched_images_are_frames_and_named_images_stay_images(tmp_path: Path) -> None:
+    """The flag alone decides: no image is both a frame of a folder and an input of its own."""
+    touch(tmp_path, "abaw/v1/00001.jpg", "abaw/v1/00002.jpg", "abaw/clip.mp4", "photo.png")
+    inputs = [str(tmp_path / "abaw"), str(tmp_path / "photo.png")]
+    framed = list_sources(inputs, frame_folders=True)
+    assert [(s.video_id, s.kind) for s in framed] == [("clip", "video"), ("photo", "image"), ("v1", "frames")]
+    plain = list_sources(inputs)
+    assert [(s.video_id, s.kind) for s in plain] == [
+        ("00001", "image"),
+        ("00002", "image"),
+        ("clip", "video"),
+        ("photo", "image"),
+    ]
+
+
+def test_a_video_and_an_image_that_differ_only_by_extension_need_ids(tmp_path: Path) -> None:
+    touch(tmp_path, "talk.mp4", "talk.jpg")
+    with pytest.raises(
+        ValueError, match=r"video_id 'talk' names two inputs: .*; give them distinct ids"
+    ) as caught:
+        list_sources([str(tmp_path)])
+    assert str(tmp_path / "talk.mp4") in str(caught.value) and str(tmp_path / "talk.jpg") in str(caught.value)
+
+
+def test_a_named_image_is_kept_missing_and_urls_take_their_kind_from_the_path(tmp_path: Path) -> None:
+    (missing,) = list_sources([str(tmp_path / "gone.jpg")])
+    assert (missing.video_id, missing.kind) == ("gone", "image")
+    url = "https://host.example/b/face.png?X-Amz-Signature=abc.mp4"
+    (image,) = list_sources([url])
+    assert (image.uri, image.video_id, image.kind) == (url, "face", "image")
+    (video,) = list_sources(["https://host.example/b/talk.mp4?v=x.png"])
+    assert video.kind == "video"
+
+
 def test_memory_uri_directories_and_manifests_list_like_local_ones(memory_root: str) -> None:
     fs = fsspec.filesystem("memory")
     for name in ("a/one.mp4", "b/one.mp4", "b/two.webm", "notes.txt"):
@@ -234,19 +289,22 @@ def test_extra_mapping_is_stored_as_pairs_and_an_unknown_kind_refused() -> None:
     assert source.extra == (("label", 2),)
     with pytest.raises(ValueError, match=r"extra values must be scalars \(tags are not\) for /v\.mp4"):
         VideoSource("/v.mp4", "v", extra={"label": 2, "tags": ["a"]})
-    with pytest.raises(ValueError, match="kind"):
+    with pytest.raises(ValueError, match="kind must be one of video, frames, image, got 'audio'"):
         VideoSource("/v.mp4", "v", kind="audio")  # type: ignore[arg-type]
 
 
 def test_inputs_that_match_nothing_say_what_was_looked_for(tmp_path: Path) -> None:
-    touch(tmp_path, "frames/v1/00001.jpg", "empty/readme.txt")
-    with pytest.raises(ValueError, match=r"holds no videos \(looked for \.mp4, .*\.flv\); .*--frame-folders"):
-        list_sources([str(tmp_path / "frames")])
-    with pytest.raises(ValueError, match=r"empty holds no videos \(looked for .*\)$"):
+    touch(tmp_path, "empty/readme.txt")
+    with pytest.raises(
+        ValueError,
+        match=r"empty holds no videos \(looked for \.mp4, .*\.flv\) and no images \(\.jpg, .*\.bmp\)$",
+    ):
         list_sources([str(tmp_path / "empty")])
+    with pytest.raises(ValueError, match=r"empty holds no videos \(.*\) and no folders of images \(\.jpg"):
+        list_sources([str(tmp_path / "empty")], frame_folders=True)
     with pytest.raises(ValueError, match=r"the glob .*\*\.mov matches no videos"):
         list_sources([str(tmp_path / "*.mov")])
-    with pytest.raises(ValueError, match=r"not found: .*nowhere; give a video file, a directory"):
+    with pytest.raises(ValueError, match=r"not found: .*nowhere; give a video or image file, a directory"):
         list_sources([str(tmp_path / "nowhere")])
     with pytest.raises(ValueError, match="non-empty list"):
         list_sources(str(tmp_path))  # type: ignore[arg-type]
