@@ -1,0 +1,217 @@
+"""ABAW heads: planted signal per task (and chance when labels are shuffled), then fit and predict end to end
+on a generated extract output with gaps, a second face, a video without faces and an extra annotation line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from emotibatch import schema
+from emotibatch.clips import abaw, abaw_heads
+from emotibatch.clips.abaw_heads import Rows
+from emotibatch.extract.output import Output
+from emotibatch.inference.registry import CLASSES_8
+
+VIDEOS, FRAMES = 30, 60
+
+
+def planted(task: str, seed: int) -> Rows:
+    """Rows whose inputs carry the labels: class means (expression), tanh of a linear map (valence /
+    arousal), one input per AU pushed up where the AU is active (action units, rates 0.1 to 0.5)."""
+    rng = np.random.default_rng(seed)
+    n = VIDEOS * FRAMES
+    videos = np.repeat([f"v{i}" for i in range(VIDEOS)], FRAMES)
+    if task == "abaw-expr":
+        y = rng.integers(0, 8, n)
+        means = np.random.default_rng(99).normal(0, 1.5, (8, 16))
+        return Rows(
+            (means[y] + rng.normal(0, 1, (n, 16))).astype(np.float16), y[:, None].astype(float), videos
+        )
+    if task == "abaw-va":
+        Z = rng.normal(0, 1, (n, 10))
+        w = np.random.default_rng(99).normal(0, 0.5, (10, 2))
+        return Rows(Z, np.tanh(Z @ w) + rng.normal(0, 0.05, (n, 2)), videos)
+    rates = np.linspace(0.1, 0.5, 12)
+    Y = (rng.uniform(size=(n, 12)) < rates).astype(float)
+    X = np.concatenate([5 * Y, np.zeros((n, 4))], 1) + rng.normal(0, 1, (n, 16))
+    Y[rng.uniform(size=n) < 0.05] = np.nan  # -1 rows: ignored
+    return Rows(X.astype(np.float16), Y, videos)
+
+
+def held_out_score(task: str, params: dict, rows: Rows) -> float:
+    scores = abaw_heads.head_scores(params, rows.X)
+    return abaw.score(task, rows.Y, abaw.decide(task, scores, params.get("thresholds")))["score"]
+
+
+@pytest.mark.parametrize("task", ["abaw-expr", "abaw-va", "abaw-au"])
+def test_planted_signal_is_learned_and_shuffled_labels_give_chance(task: str) -> None:
+    train, test = planted(task, 0), planted(task, 1)
+    assert held_out_score(task, abaw_heads.fit_head(task, train), test) > 0.85
+    # Labels shuffled in both sets carry nothing of the inputs (shuffling the training labels alone would
+    # still let the network cluster the inputs, and a cluster can land on its own class by chance).
+    rng = np.random.default_rng(2)
+    shuffled = Rows(train.X, rng.permutation(train.Y), train.videos)
+    unrelated = Rows(test.X, rng.permutation(test.Y), test.videos)
+    chance = held_out_score(task, abaw_heads.fit_head(task, shuffled), unrelated)
+    if task == "abaw-expr":  # labels independent of the inputs: macro F1 about 1/8; 0.1 covers sampling noise
+        assert chance < 1 / 8 + 0.1
+    elif task == "abaw-va":  # a CCC about 0
+        assert abs(chance) < 0.1
+    else:  # uninformative predictions of rate q score 2pq / (p + q) <= 2p / (1 + p) for an AU of rate p
+        p = np.nanmean(test.Y, 0)
+        assert chance < np.mean(2 * p / (1 + p)) + 0.05
+
+
+def test_au_thresholds_are_chosen_on_held_out_training_videos_only() -> None:
+    rows = planted("abaw-au", 0)
+    params = abaw_heads.fit_head("abaw-au", rows)
+    assert set(params["thresholds"].tolist()) <= set(abaw_heads.THRESHOLDS.tolist())
+    # The same rows with the tuning videos' labels flipped move the thresholds: they are what picks them.
+    rng = np.random.default_rng(0)
+    tune = set(rng.permutation(np.unique(rows.videos))[: round(abaw_heads.TUNE_SHARE * VIDEOS)].tolist())
+    flipped = rows.Y.copy()
+    flipped[np.isin(rows.videos, list(tune))] = 1 - flipped[np.isin(rows.videos, list(tune))]
+    other = abaw_heads.fit_head("abaw-au", Rows(rows.X, flipped, rows.videos))
+    assert not np.array_equal(other["thresholds"], params["thresholds"])
+
+
+def test_subject_is_the_longest_track() -> None:
+    np.testing.assert_array_equal(abaw_heads.subject(np.array([3, 1, 1, 3, 1, 2])), [1, 2, 4])
+    np.testing.assert_array_equal(abaw_heads.subject(np.array([2, 1, 2, 1])), [1, 3])  # equal: the lower id
+
+
+# -- end to end on an extract output ---------------------------------------------------------------------
+
+DIM = 12
+MEANS = np.random.default_rng(99).normal(0, 2, (8, DIM))
+
+
+def write_extract(root: Path, videos: dict[str, tuple[np.ndarray, np.ndarray]], frame_count: int) -> None:
+    """Per video (labels per frame, frames with the subject's face): the subject as track 0 with features
+    of its class mean and probabilities peaked on its class (in AffectNet order), and a second, shorter
+    track of noise on the first frames."""
+    rng = np.random.default_rng(0)
+    provenance = schema.Provenance(CLASSES_8, "enet_b0_8_best_vgaf", None, "det_10g", None)
+    faces_schema = provenance.on(schema.faces_schema(8, DIM, "float16"))
+    out = Output(str(root))
+    for video, (labels, frames) in videos.items():
+        extra = frames[:3]
+        frame_index = np.concatenate([frames, extra])
+        track = np.concatenate([np.zeros(len(frames), int), np.ones(len(extra), int)])
+        y = labels[frames].astype(int)
+        x = np.concatenate([MEANS[y], rng.normal(0, 1, (len(extra), DIM))]) + rng.normal(
+            0, 1, (len(track), DIM)
+        )
+        probs = np.full((len(track), 8), 0.02)
+        probs[np.arange(len(frames)), np.array(abaw.ZERO_SHOT_ORDER)[y]] = 0.86
+        n = len(track)
+        faces = pa.table(
+            {
+                "video_id": [video] * n,
+                "source_uri": [video] * n,
+                "frame_index": frame_index,
+                "timestamp_s": frame_index / 30,
+                "face_index": track.astype(np.int32),
+                "track_id": track,
+                "bbox": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(4 * n, np.float32)), 4),
+                "det_score": np.ones(n, np.float32),
+                "landmarks": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(10 * n, np.float32)), 10),
+                "emotion": ["Neutral"] * n,
+                "emotion_probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1)), 8),
+                "valence": pa.nulls(n, pa.float32()),
+                "arousal": pa.nulls(n, pa.float32()),
+                "features": pa.FixedSizeListArray.from_arrays(
+                    pa.array(x.astype(np.float16).reshape(-1)), DIM
+                ),
+            }
+        ).cast(faces_schema)
+        row = {
+            "video_id": video,
+            "source_uri": video,
+            "status": "ok",
+            "fps": 30.0,
+            "frame_count": frame_count,
+        }
+        row |= {"frames_sampled": frame_count, "faces": n, "tracks": 2 if n else 0, "run_id": "r"}
+        out.commit_video(video, faces if n else None, pa.Table.from_pylist([row], schema.VIDEOS_BASE))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Twelve training and four validation videos of 80 frames labelled in runs of 20 frames
+    (every class in the first two validation videos), faces on
+    three frames in four; `val3_left` has no face; each annotation file has one line more than its frames."""
+    root = tmp_path_factory.mktemp("abaw")
+    videos = {}
+    for split, names in (
+        ("Train_Set", [f"tr{i}" for i in range(12)]),
+        ("Validation_Set", ["val0", "val1", "val2_right", "val3_left"]),
+    ):
+        folder = root / "EXPR_Set" / split
+        folder.mkdir(parents=True)
+        for i, name in enumerate(names):
+            labels = np.repeat((5 * i + np.arange(5)) % 8, 20)[:81]  # 81 lines, 80 frames
+            lines = [str(v) for v in labels]
+            lines[7] = "-1"
+            (folder / f"{name}.txt").write_text("\n".join([",".join(abaw.EXPR_CLASSES), *lines]) + "\n")
+            frames = np.flatnonzero(np.arange(80) % 4 != 3) if name != "val3_left" else np.zeros(0, int)
+            videos[name] = (labels, frames)
+    write_extract(root / "extract", videos, 80)
+    return root
+
+
+def test_fit_scores_every_view_and_predict_writes_files_that_read_back(corpus: Path, tmp_path: Path) -> None:
+    model = abaw_heads.fit(
+        str(corpus / "extract"),
+        str(corpus / "EXPR_Set" / "Train_Set"),
+        "abaw-expr",
+        tmp_path / "model",
+        val=str(corpus / "EXPR_Set" / "Validation_Set"),
+        smooth=2,
+    )
+    metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    assert set(metrics["scores"]) == {"raw", "smoothed", "zero_shot_raw", "zero_shot_smoothed"}
+    scores = metrics["scores"]
+    # val3_left has no face: its 81 lines take the prior, so the all-frames view is below the face view.
+    assert (
+        scores["raw"]["face_frames"]["score"] > 0.9 and scores["zero_shot_raw"]["face_frames"]["score"] > 0.9
+    )
+    assert scores["raw"]["all_frames"]["n"] == 4 * 80  # 81 lines less the -1 line, per video
+    assert scores["raw"]["all_frames"]["score"] < scores["raw"]["face_frames"]["score"]
+    assert "lines without a frame in 4 videos (val0: 1" in model.card["val_join"]
+    assert model.card["emotion_model"]["name"] == "enet_b0_8_best_vgaf"
+    assert (tmp_path / "model" / abaw_heads.PLOT_FILE).stat().st_size > 0
+
+    out = tmp_path / "challenge"
+    result = abaw_heads.predict(str(corpus / "extract"), tmp_path / "model", out)
+    assert result.videos == 16 and result.videos_without_faces == ("val3_left",)
+    back = abaw.read_annotations(out, "abaw-expr")
+    assert back.videos["val0"].shape == (80, 1)  # one line per decoded frame
+    prior_class = np.argmax(model.params["prior"])
+    assert set(back.videos["val3_left"][:, 0].tolist()) == {prior_class}
+
+    sample = tmp_path / "sample.txt"
+    sample.write_text("image_location,Neutral\nval1/00081.jpg\nval0/00001.jpg\n")  # the extra line too
+    abaw_heads.predict(str(corpus / "extract"), tmp_path / "model", out, sample=str(sample))
+    lines = (out / "sample.txt").read_text().splitlines()
+    assert [line.split(",")[0] for line in lines[1:]] == ["val1/00081.jpg", "val0/00001.jpg"]
+    sample.write_text("image_location\nnope/00001.jpg\n")
+    with pytest.raises(ValueError, match=r"1 rows of the sample have no prediction \(e.g. nope/00001.jpg\)"):
+        abaw_heads.predict(str(corpus / "extract"), tmp_path / "model", out, sample=str(sample))
+
+
+def test_loaded_model_predicts_like_the_fitted_one(corpus: Path, tmp_path: Path) -> None:
+    common = {"val": str(corpus / "EXPR_Set" / "Validation_Set"), "smooth": 0}
+    model = abaw_heads.fit(
+        str(corpus / "extract"), str(corpus / "EXPR_Set" / "Train_Set"), "abaw-expr", tmp_path / "m", **common
+    )
+    loaded = abaw_heads.AbawModel.load(tmp_path / "m")
+    X = np.random.default_rng(0).normal(0, 1, (5, DIM)).astype(np.float16)
+    np.testing.assert_array_equal(
+        abaw_heads.head_scores(loaded.params, X), abaw_heads.head_scores(model.params, X)
+    )
+    assert loaded.card == json.loads(json.dumps(model.card))
