@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from click.testing import CliRunner
 
 from emotibatch import schema
+from emotibatch.cli import cli
 from emotibatch.clips import abaw, abaw_heads
 from emotibatch.clips.abaw_heads import Rows
 from emotibatch.extract.output import Output
@@ -215,3 +217,31 @@ def test_loaded_model_predicts_like_the_fitted_one(corpus: Path, tmp_path: Path)
         abaw_heads.head_scores(loaded.params, X), abaw_heads.head_scores(model.params, X)
     )
     assert loaded.card == json.loads(json.dumps(model.card))
+
+
+def test_va_head_fits_the_models_logits(corpus: Path, tmp_path: Path) -> None:
+    """Valence / arousal a function of each frame's class, which the planted probabilities carry."""
+    valence, arousal = np.linspace(-0.8, 0.8, 8), np.linspace(0.6, -0.6, 8) ** 3
+    for split in ("Train_Set", "Validation_Set"):
+        folder = tmp_path / "VA_Set" / split
+        folder.mkdir(parents=True)
+        for path in sorted((corpus / "EXPR_Set" / split).glob("*.txt")):
+            classes = abaw.read_video_file(path, "abaw-expr")[:, 0]
+            lines = ["-5,-5" if np.isnan(c) else f"{valence[int(c)]},{arousal[int(c)]}" for c in classes]
+            (folder / path.name).write_text("\n".join(["valence,arousal", *lines]) + "\n")
+    model = abaw_heads.fit(
+        str(corpus / "extract"),
+        str(tmp_path / "VA_Set" / "Train_Set"),
+        "abaw-va",
+        tmp_path / "va",
+        val=str(tmp_path / "VA_Set" / "Validation_Set"),
+        smooth=0,
+    )
+    assert model.card["inputs"] == "logits" and model.card["input_width"] == 8
+    face = model.metrics["scores"]["raw"]["face_frames"]
+    assert face["ccc_valence"] > 0.9 and face["ccc_arousal"] > 0.9
+
+
+def test_fit_lists_the_abaw_tasks() -> None:
+    result = CliRunner().invoke(cli, ["fit", "--help"])
+    assert result.exit_code == 0 and all(task in result.output for task in abaw.HEADERS)
