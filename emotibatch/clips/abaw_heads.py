@@ -16,6 +16,7 @@ video's longest track (most frames); frames where it is not seen count as frames
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from emotibatch.io.redact import redact_uri
 
 PLOT_FILE = "scores.png"
 TUNE_SHARE = 0.2  # training videos held out to pick the epoch and the AU thresholds
+CHUNK = 65536  # rows per forward pass outside training: bounds the float32 copies
 THRESHOLDS = np.round(np.arange(0.1, 0.91, 0.1), 1)
 INPUTS = {"abaw-expr": "features", "abaw-va": "logits", "abaw-au": "features"}
 
@@ -116,12 +118,16 @@ def _glorot(rng: np.random.Generator, fan_in: int, fan_out: int) -> np.ndarray:
     return rng.uniform(-limit, limit, (fan_in, fan_out)).astype(np.float32)
 
 
-def forward(params: dict[str, Any], X: np.ndarray) -> np.ndarray:
-    """The head's probabilities (softmax or sigmoid) for inputs X, in batches (bounded memory)."""
-    out = []
-    for start in range(0, len(X), 65536):
-        _, p = _forward(params, X[start : start + 65536])
-        out.append(p)
+def _chunks(X: np.ndarray, rows: np.ndarray | None) -> Iterator[np.ndarray]:
+    """X (or its `rows`) in slices of CHUNK rows: never a copy of the whole selection."""
+    n = len(X) if rows is None else len(rows)
+    for start in range(0, n, CHUNK):
+        yield X[start : start + CHUNK] if rows is None else X[rows[start : start + CHUNK]]
+
+
+def forward(params: dict[str, Any], X: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """The network's probabilities (softmax or sigmoid) for inputs X (or its `rows`), in chunks."""
+    out = [_forward(params, chunk)[1] for chunk in _chunks(X, rows)]
     return np.concatenate(out) if out else np.zeros((0, params["W2"].shape[1]), np.float32)
 
 
@@ -135,22 +141,24 @@ def _forward(params: dict[str, Any], X: np.ndarray) -> tuple[np.ndarray, np.ndar
     return h, 1 / (1 + np.exp(-z))
 
 
-def _loss(params: dict[str, Any], X: np.ndarray, Y: np.ndarray, W: np.ndarray) -> float:
-    p = np.clip(forward(params, X), 1e-7, 1 - 1e-7)
+def _loss(params: dict[str, Any], X: np.ndarray, Y: np.ndarray, W: np.ndarray, rows: np.ndarray) -> float:
+    p = np.clip(forward(params, X, rows), 1e-7, 1 - 1e-7)
+    Y, W = Y[rows], W[rows]
     if params["output"] == "softmax":
-        return float(-(W * np.log(p) * Y).sum() / len(X))
-    return float(-(W * (Y * np.log(p) + (1 - Y) * np.log(1 - p))).sum() / len(X))
+        return float(-(W * np.log(p) * Y).sum() / len(rows))
+    return float(-(W * (Y * np.log(p) + (1 - Y) * np.log(1 - p))).sum() / len(rows))
 
 
-def _moments(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation per column, accumulated in chunks of float64 (float16 inputs stay so)."""
-    total, squares = np.zeros(X.shape[1]), np.zeros(X.shape[1])
-    for start in range(0, len(X), 65536):
-        chunk = X[start : start + 65536].astype(np.float64)
+def _moments(X: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation per column of X (or its `rows`), accumulated in float64 chunks."""
+    total, squares, n = np.zeros(X.shape[1]), np.zeros(X.shape[1]), 0
+    for chunk in _chunks(X, rows):
+        chunk = chunk.astype(np.float64)
         total += chunk.sum(0)
         squares += (chunk**2).sum(0)
-    mean = total / len(X)
-    std = np.sqrt(np.maximum(squares / len(X) - mean**2, 0))
+        n += len(chunk)
+    mean = total / n
+    std = np.sqrt(np.maximum(squares / n - mean**2, 0))
     return mean.astype(np.float32), np.where(std > 1e-6, std, 1).astype(np.float32)
 
 
@@ -159,14 +167,16 @@ def train_network(
     Y: np.ndarray,
     W: np.ndarray,
     output: str,
-    tune: tuple[np.ndarray, np.ndarray, np.ndarray],
+    fit_rows: np.ndarray,
+    tune_rows: np.ndarray,
     network: Network = Network(),
     seed: int = 0,
 ) -> dict[str, Any]:
     """A one-hidden-layer network on the weighted cross-entropy (`W`: one weight per row for softmax,
-    per value for sigmoid; 0 drops a value), Adam; the epoch with the lowest loss on `tune` is kept."""
+    per value for sigmoid; 0 drops a value), Adam over `fit_rows`; the epoch with the lowest loss on
+    `tune_rows` is kept. Rows are taken by index, a batch at a time, so X is never copied whole."""
     rng = np.random.default_rng(seed)
-    mean, scale = _moments(X)
+    mean, scale = _moments(X, fit_rows)
     params: dict[str, Any] = {
         "output": output,
         "mean": mean,
@@ -181,8 +191,8 @@ def train_network(
     v = {k: np.zeros_like(params[k]) for k in names}
     step, best, best_loss = 0, dict(params), np.inf
     for _ in range(network.epochs):
-        order = rng.permutation(len(X))
-        for start in range(0, len(X), network.batch):
+        order = rng.permutation(fit_rows)
+        for start in range(0, len(order), network.batch):
             rows = np.sort(order[start : start + network.batch])
             x = (X[rows].astype(np.float32) - params["mean"]) / params["scale"]
             h, p = _forward(params, X[rows])
@@ -195,7 +205,7 @@ def train_network(
                 v[k] = 0.999 * v[k] + 0.001 * grads[k] ** 2
                 m_hat, v_hat = m[k] / (1 - 0.9**step), v[k] / (1 - 0.999**step)
                 params[k] = params[k] - network.learning_rate * m_hat / (np.sqrt(v_hat) + 1e-7)
-        loss = _loss(params, *tune)
+        loss = _loss(params, X, Y, W, tune_rows)
         if loss < best_loss:
             best, best_loss = dict(params), loss
     return best
@@ -265,13 +275,14 @@ def au_thresholds(probs: np.ndarray, truth: np.ndarray) -> np.ndarray:
 class Rows:
     """Training rows: a face frame with a label (NaN where that value is invalid), and its video."""
 
-    X: np.ndarray
-    Y: np.ndarray
-    videos: np.ndarray
+    X: np.ndarray  # [n, d] as stored (float16 features stay float16)
+    Y: np.ndarray  # [n, 1] class index, [n, 2] valence and arousal, or [n, 12] AUs
+    videos: np.ndarray  # [n] which video (any label): the tuning split is by video
 
 
 def fit_head(task: str, rows: Rows, *, network: Network = Network(), seed: int = 0) -> dict[str, Any]:
-    """The task's head on `rows`; TUNE_SHARE of the videos picks the epoch and the AU thresholds."""
+    """The task's head on `rows`; the networks hold TUNE_SHARE of the videos out to pick the epoch and
+    the AU thresholds (the VA layer has neither, and fits on every row)."""
     abaw.check_task(task)
     names = np.unique(rows.videos)
     if len(names) < 2:
@@ -281,31 +292,24 @@ def fit_head(task: str, rows: Rows, *, network: Network = Network(), seed: int =
     is_tune = np.isin(rows.videos, list(held))
     fit_rows, tune_rows = np.flatnonzero(~is_tune), np.flatnonzero(is_tune)
     if task == "abaw-va":
-        params = train_va(rows.X[fit_rows].astype(np.float64), rows.Y[fit_rows])
+        params = train_va(rows.X.astype(np.float64), rows.Y.astype(np.float64))  # nothing to tune: all rows
         params["prior"] = np.nanmean(rows.Y, 0)
         return params
     if task == "abaw-expr":
         y = rows.Y[:, 0].astype(int)
-        Y = np.eye(len(abaw.EXPR_CLASSES))[y]
-        W = expr_weights(y[fit_rows])[y][:, None]
+        Y = np.eye(len(abaw.EXPR_CLASSES), dtype=np.float32)[y]
+        W = expr_weights(y[fit_rows]).astype(np.float32)[y][:, None]
         prior = Y.mean(0)
     else:
         w0, w1 = au_weights(rows.Y[fit_rows])
-        Y = np.nan_to_num(rows.Y)
-        W = np.where(np.isnan(rows.Y), 0, np.where(rows.Y == 1, w1, w0))
+        Y = np.nan_to_num(rows.Y).astype(np.float32)
+        W = np.where(np.isnan(rows.Y), 0, np.where(rows.Y == 1, w1, w0)).astype(np.float32)
         prior = np.nanmean(rows.Y, 0)
-    params = train_network(
-        rows.X[fit_rows],
-        Y[fit_rows],
-        W[fit_rows],
-        "softmax" if task == "abaw-expr" else "sigmoid",
-        (rows.X[tune_rows], Y[tune_rows], W[tune_rows]),
-        network,
-        seed,
-    )
+    output = "softmax" if task == "abaw-expr" else "sigmoid"
+    params = train_network(rows.X, Y, W, output, fit_rows, tune_rows, network, seed)
     params["prior"] = prior
     if task == "abaw-au":
-        params["thresholds"] = au_thresholds(head_scores(params, rows.X[tune_rows]), rows.Y[tune_rows])
+        params["thresholds"] = au_thresholds(forward(params, rows.X, tune_rows), rows.Y[tune_rows])
     return params
 
 
@@ -355,27 +359,45 @@ def _inputs(task: str, series: Series, where: str) -> np.ndarray:
     return series.features
 
 
+def _labelled_frames(source: Output, video_id: str, labels: np.ndarray) -> int:
+    """How many of the subject's frames have a label: read from two narrow columns only."""
+    path = source.faces_path(video_id)
+    if not source.fs.exists(path):
+        return 0
+    table = pq.read_table(path, columns=["frame_index", "track_id"], filesystem=source.fs, use_threads=False)
+    frames = np.unique(table["frame_index"].to_numpy()[subject(table["track_id"].to_numpy())])
+    frames = frames[frames < len(labels)]
+    return int((~np.isnan(labels[frames]).all(1)).sum())
+
+
 def training_rows(
     task: str, extract: Extract, annotations: abaw.Annotations, report: abaw.LineReport
 ) -> Rows:
-    """Face frames with a label, one video read at a time."""
-    X, Y, videos = [], [], []
+    """Face frames with a label, one video read at a time into arrays sized by a first, narrow pass (peak
+    memory: the rows themselves, features as stored, never a second copy while concatenating)."""
     by_name = {Path(v).name: v for v in report.matched}
-    for name, labels in sorted(annotations.videos.items()):
-        if name not in by_name:
+    names = [name for name in sorted(annotations.videos) if name in by_name]
+    counts = [_labelled_frames(extract.source, by_name[n], annotations.videos[n]) for n in names]
+    if not sum(counts):
+        raise ValueError(f"{annotations.source}: no annotated frame with a face ({report})")
+    X = Y = None
+    videos = np.repeat(np.arange(len(names), dtype=np.int32), counts)
+    at = 0
+    for name, count in zip(names, counts):
+        if not count:
             continue
+        labels = annotations.videos[name]
         series = read_series(extract.source, by_name[name], extract.with_va)
-        if not len(series.frames):
-            continue
         inside = series.frames < len(labels)
         y = labels[series.frames[inside]]
         keep = ~np.isnan(y).all(1)
-        X.append(_inputs(task, series, redact_uri(extract.source.root))[inside][keep])
-        Y.append(y[keep])
-        videos += [name] * int(keep.sum())
-    if not X:
-        raise ValueError(f"{annotations.source}: no annotated frame with a face ({report})")
-    return Rows(np.concatenate(X), np.concatenate(Y), np.array(videos))
+        x = _inputs(task, series, redact_uri(extract.source.root))[inside][keep]
+        if X is None:
+            X = np.empty((len(videos), x.shape[1]), x.dtype)
+            Y = np.empty((len(videos), y.shape[1]), np.float32)
+        X[at : at + count], Y[at : at + count] = x, y[keep]
+        at += count
+    return Rows(X, Y, videos)
 
 
 def dense(task: str, params: dict[str, Any], series: Series, n_lines: int, where: str) -> np.ndarray:
@@ -533,7 +555,7 @@ def fit(
         "labels": str(labels),
         "val_labels": str(val),
         "n_train_frames": len(rows.Y),
-        "n_train_videos": len(set(rows.videos.tolist())),
+        "n_train_videos": len(np.unique(rows.videos)),
         "train_join": str(train_report),
         "val_join": str(val_report),
         "thresholds": params["thresholds"].tolist() if "thresholds" in params else None,
