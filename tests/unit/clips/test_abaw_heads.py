@@ -7,16 +7,13 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
-from emotibatch import schema
 from emotibatch.cli import cli
 from emotibatch.clips import abaw, abaw_heads
 from emotibatch.clips.abaw_heads import Rows
-from emotibatch.extract.output import Output
-from emotibatch.inference.registry import CLASSES_8
+from emotibatch.testing.abaw_samples import write_abaw_extract, write_expr_annotations
 
 VIDEOS, FRAMES = 30, 60
 
@@ -89,57 +86,6 @@ def test_subject_is_the_longest_track() -> None:
 # -- end to end on an extract output ---------------------------------------------------------------------
 
 DIM = 12
-MEANS = np.random.default_rng(99).normal(0, 2, (8, DIM))
-
-
-def write_extract(root: Path, videos: dict[str, tuple[np.ndarray, np.ndarray]], frame_count: int) -> None:
-    """Per video (labels per frame, frames with the subject's face): the subject as track 0 with features
-    of its class mean and probabilities peaked on its class (in AffectNet order), and a second, shorter
-    track of noise on the first frames."""
-    rng = np.random.default_rng(0)
-    provenance = schema.Provenance(CLASSES_8, "enet_b0_8_best_vgaf", None, "det_10g", None)
-    faces_schema = provenance.on(schema.faces_schema(8, DIM, "float16"))
-    out = Output(str(root))
-    for video, (labels, frames) in videos.items():
-        extra = frames[:3]
-        frame_index = np.concatenate([frames, extra])
-        track = np.concatenate([np.zeros(len(frames), int), np.ones(len(extra), int)])
-        y = labels[frames].astype(int)
-        x = np.concatenate([MEANS[y], rng.normal(0, 1, (len(extra), DIM))]) + rng.normal(
-            0, 1, (len(track), DIM)
-        )
-        probs = np.full((len(track), 8), 0.02)
-        probs[np.arange(len(frames)), np.array(abaw.ZERO_SHOT_ORDER)[y]] = 0.86
-        n = len(track)
-        faces = pa.table(
-            {
-                "video_id": [video] * n,
-                "source_uri": [video] * n,
-                "frame_index": frame_index,
-                "timestamp_s": frame_index / 30,
-                "face_index": track.astype(np.int32),
-                "track_id": track,
-                "bbox": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(4 * n, np.float32)), 4),
-                "det_score": np.ones(n, np.float32),
-                "landmarks": pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(10 * n, np.float32)), 10),
-                "emotion": ["Neutral"] * n,
-                "emotion_probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1)), 8),
-                "valence": pa.nulls(n, pa.float32()),
-                "arousal": pa.nulls(n, pa.float32()),
-                "features": pa.FixedSizeListArray.from_arrays(
-                    pa.array(x.astype(np.float16).reshape(-1)), DIM
-                ),
-            }
-        ).cast(faces_schema)
-        row = {
-            "video_id": video,
-            "source_uri": video,
-            "status": "ok",
-            "fps": 30.0,
-            "frame_count": frame_count,
-        }
-        row |= {"frames_sampled": frame_count, "faces": n, "tracks": 2 if n else 0, "run_id": "r"}
-        out.commit_video(video, faces if n else None, pa.Table.from_pylist([row], schema.VIDEOS_BASE))
 
 
 @pytest.fixture(scope="module")
@@ -149,20 +95,21 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     three frames in four; `val3_left` has no face; each annotation file has one line more than its frames."""
     root = tmp_path_factory.mktemp("abaw")
     videos = {}
-    for split, names in (
-        ("Train_Set", [f"tr{i}" for i in range(12)]),
-        ("Validation_Set", ["val0", "val1", "val2_right", "val3_left"]),
-    ):
-        folder = root / "EXPR_Set" / split
-        folder.mkdir(parents=True)
-        for i, name in enumerate(names):
-            labels = np.repeat((5 * i + np.arange(5)) % 8, 20)[:81]  # 81 lines, 80 frames
-            lines = [str(v) for v in labels]
-            lines[7] = "-1"
-            (folder / f"{name}.txt").write_text("\n".join([",".join(abaw.EXPR_CLASSES), *lines]) + "\n")
+    splits = {
+        "Train_Set": [f"tr{i}" for i in range(12)],
+        "Validation_Set": ["val0", "val1", "val2_right", "val3_left"],
+    }
+    for split, names in splits.items():
+        labels = {
+            name: np.repeat((5 * i + np.arange(5)) % 8, 20)[:81].astype(float) for i, name in enumerate(names)
+        }
+        for values in labels.values():
+            values[7] = np.nan  # a -1 line
+        write_expr_annotations(root / "EXPR_Set" / split, labels)
+        for name, values in labels.items():
             frames = np.flatnonzero(np.arange(80) % 4 != 3) if name != "val3_left" else np.zeros(0, int)
-            videos[name] = (labels, frames)
-    write_extract(root / "extract", videos, 80)
+            videos[name] = (np.nan_to_num(values), frames)  # 81 lines, 80 frames
+    write_abaw_extract(root / "extract", videos, 80, dim=DIM)
     return root
 
 
