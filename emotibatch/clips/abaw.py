@@ -186,7 +186,14 @@ class LineReport:
 
 def match_videos(annotations: Annotations, frame_counts: Mapping[str, int | None]) -> LineReport:
     """Pair annotation files with extract videos (by the video id's last path component, exactly)."""
-    by_name = {PurePosixPath(v).name: v for v in frame_counts}
+    by_name: dict[str, str] = {}
+    for video in frame_counts:
+        name = PurePosixPath(video).name
+        if name in annotations.videos and by_name.setdefault(name, video) != video:
+            raise ValueError(
+                f"the extract holds two videos named {name} ({by_name[name]}, {video}) for one annotation "
+                f"file of {annotations.source}: extract each split to its own output"
+            )
     matched, missing, extra_lines, extra_frames = [], [], {}, {}
     for name, values in sorted(annotations.videos.items()):
         video = by_name.get(name)

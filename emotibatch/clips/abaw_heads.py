@@ -322,6 +322,7 @@ class Extract:
     frame_counts: dict[str, int | None]  # ok videos
     failed: tuple[str, ...]
     emotion_model: dict[str, Any]
+    provenance: schema.Provenance
     with_va: bool  # the model predicts valence and arousal (an MTL model)
 
 
@@ -345,7 +346,7 @@ def open_extract(path: str, storage_options: dict | None = None) -> Extract:
     dim = faces.field("features").type.list_size if "features" in faces.names else None
     table = pq.read_table(path_, columns=["valence"], filesystem=source.fs)
     with_va = len(table) > 0 and table["valence"].null_count < len(table)
-    return Extract(source, counts, tuple(failed), emotion_model(provenance, dim), with_va)
+    return Extract(source, counts, tuple(failed), emotion_model(provenance, dim), provenance, with_va)
 
 
 def _inputs(task: str, series: Series, where: str) -> np.ndarray:
@@ -551,6 +552,8 @@ def fit(
         "network": network.__dict__ if task != "abaw-va" else None,
         "seed": seed,
         "emotion_model": train_extract.emotion_model,
+        "detector": train_extract.provenance.detector,
+        "detector_sha256": train_extract.provenance.detector_sha256,
         "features": redact_uri(extract),
         "labels": str(labels),
         "val_labels": str(val),

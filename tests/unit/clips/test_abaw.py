@@ -172,3 +172,10 @@ def test_single_file_follows_the_sample_order_and_names_missing_rows(tmp_path: P
         ValueError, match=r"2 rows of the sample have no prediction \(e.g. b/00002.jpg, b/00001.jpg\)"
     ):
         abaw.single_file("abaw-va", rows, {"a": decided["a"]})
+
+
+def test_two_videos_of_one_annotation_name_are_refused(tmp_path: Path) -> None:
+    write(tmp_path / "v1.txt", EXPR_HEADER, ["0"])
+    annotations = abaw.read_annotations(tmp_path, "abaw-expr")
+    with pytest.raises(ValueError, match=r"two videos named v1 \(train/v1, val/v1\)"):
+        abaw.match_videos(annotations, {"train/v1": 1, "val/v1": 1, "other/v2": 1})

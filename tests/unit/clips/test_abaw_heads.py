@@ -192,3 +192,19 @@ def test_va_head_fits_the_models_logits(corpus: Path, tmp_path: Path) -> None:
 def test_fit_lists_the_abaw_tasks() -> None:
     result = CliRunner().invoke(cli, ["fit", "--help"])
     assert result.exit_code == 0 and all(task in result.output for task in abaw.HEADERS)
+
+
+def test_an_extract_without_features_is_refused_with_the_fix(tmp_path: Path) -> None:
+    labels = {f"v{i}": np.repeat(np.arange(4) + i, 5).astype(float) for i in range(3)}
+    write_expr_annotations(tmp_path / "train", labels)
+    write_expr_annotations(tmp_path / "val", {"w0": labels["v0"]})
+    frames = np.arange(20)
+    write_abaw_extract(tmp_path / "x", {v: (y, frames) for v, y in labels.items()}, 20, features_dtype="none")
+    with pytest.raises(ValueError, match=r"x holds no feature vectors .* --features-dtype float16"):
+        abaw_heads.fit(
+            str(tmp_path / "x"),
+            str(tmp_path / "train"),
+            "abaw-expr",
+            tmp_path / "m",
+            val=str(tmp_path / "val"),
+        )
