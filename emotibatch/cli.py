@@ -480,6 +480,8 @@ def predict_command(
             f"{result.lines} lines of {result.videos} videos ({len(result.videos_without_faces)} without a "
             f"face: the training prior) -> {len(result.files)} files in {out}"
         )
+        for video_id in result.failed[:REPORTED_FAILURES]:
+            click.echo(f"skipped failed video {video_id} (status failed in {redact_uri(features)}/videos)")
         return
     if sample is not None or smooth is not None:
         raise click.UsageError("--sample and --smooth apply to ABAW heads only")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -338,13 +338,13 @@ def open_extract(path: str, storage_options: dict | None = None) -> Extract:
         else:
             failed.append(row["video_id"])
     paths = [source.faces_path(v) for v in counts]
-    path_ = next((p for p in paths if source.fs.exists(p)), None)
-    if path_ is None:
+    first = next((p for p in paths if source.fs.exists(p)), None)
+    if first is None:
         raise ValueError(f"{redact_uri(path)}: no faces/ file of a finished video")
-    faces = pq.read_schema(path_, filesystem=source.fs)
+    faces = pq.read_schema(first, filesystem=source.fs)
     provenance = schema.Provenance.from_schema(faces)
     dim = faces.field("features").type.list_size if "features" in faces.names else None
-    table = pq.read_table(path_, columns=["valence"], filesystem=source.fs)
+    table = pq.read_table(first, columns=["valence"], filesystem=source.fs)
     with_va = len(table) > 0 and table["valence"].null_count < len(table)
     return Extract(source, counts, tuple(failed), emotion_model(provenance, dim), provenance, with_va)
 
@@ -376,7 +376,7 @@ def training_rows(
 ) -> Rows:
     """Face frames with a label, one video read at a time into arrays sized by a first, narrow pass (peak
     memory: the rows themselves, features as stored, never a second copy while concatenating)."""
-    by_name = {Path(v).name: v for v in report.matched}
+    by_name = {PurePosixPath(v).name: v for v in report.matched}
     names = [name for name in sorted(annotations.videos) if name in by_name]
     counts = [_labelled_frames(extract.source, by_name[n], annotations.videos[n]) for n in names]
     if not sum(counts):
@@ -418,7 +418,7 @@ def evaluate(
     """The challenge score on all annotated lines and on lines with a face, before and after smoothing
     (and, for expression, the emotion model's own zero-shot probabilities scored the same way)."""
     views: dict[str, list[np.ndarray]] = {}
-    by_name = {Path(v).name: v for v in report.matched}
+    by_name = {PurePosixPath(v).name: v for v in report.matched}
     thresholds = params.get("thresholds")
     for name, truth in sorted(annotations.videos.items()):
         if name not in by_name:
@@ -574,6 +574,7 @@ class Prediction:
     videos: int
     lines: int
     videos_without_faces: tuple[str, ...]  # given the training prior
+    failed: tuple[str, ...]  # videos the extract failed: no file (and, in a sample, missing rows)
     files: tuple[str, ...]  # what was written
 
 
@@ -588,6 +589,10 @@ def predict(
 ) -> Prediction:
     """Challenge files under the folder `out`: `<video>.txt` per video (a line per frame, or per sample
     row), and with `sample` the single file in its row order, named like it."""
+    if "://" in str(out):
+        raise ValueError(
+            f"{redact_uri(str(out))}: challenge files are written to a local folder; give a path"
+        )
     model = AbawModel.load(classifier)
     task, k = model.card["task"], model.card["smooth"] if smooth is None else smooth
     if k < 0:
@@ -599,7 +604,7 @@ def predict(
             f"these features come from {problem}, which this {task} model was trained on: extract with "
             f"--model {model.card['emotion_model']['model']} to use it"
         )
-    by_name = {Path(v).name: v for v in source.frame_counts}
+    by_name = {PurePosixPath(v).name: v for v in source.frame_counts}
     rows = abaw.sample_rows(sample) if sample else None
     if rows is not None:
         lines: dict[str, int] = {}
@@ -625,4 +630,4 @@ def predict(
         path = str(Path(out) / Path(sample).name)
         files.write_bytes(local, path, text.encode())
         written.append(path)
-    return Prediction(len(decided), sum(lines.values()), tuple(empty), tuple(written))
+    return Prediction(len(decided), sum(lines.values()), tuple(empty), source.failed, tuple(written))

@@ -7,12 +7,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from click.testing import CliRunner
 
+from emotibatch import schema
 from emotibatch.cli import cli
 from emotibatch.clips import abaw, abaw_heads
 from emotibatch.clips.abaw_heads import Rows
+from emotibatch.extract.output import Output
 from emotibatch.testing.abaw_samples import write_abaw_extract, write_expr_annotations
 
 VIDEOS, FRAMES = 30, 60
@@ -92,7 +95,8 @@ DIM = 12
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Twelve training and four validation videos of 80 frames labelled in runs of 20 frames
     (every class in the first two validation videos), faces on
-    three frames in four; `val3_left` has no face; each annotation file has one line more than its frames."""
+    three frames in four; `val3_left` has no face; each annotation file has one line more than its frames;
+    `bad` is annotated but failed in the extract."""
     root = tmp_path_factory.mktemp("abaw")
     videos = {}
     splits = {
@@ -110,6 +114,17 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             frames = np.flatnonzero(np.arange(80) % 4 != 3) if name != "val3_left" else np.zeros(0, int)
             videos[name] = (np.nan_to_num(values), frames)  # 81 lines, 80 frames
     write_abaw_extract(root / "extract", videos, 80, dim=DIM)
+    failed = {
+        "video_id": "bad",
+        "source_uri": "bad",
+        "status": "failed",
+        "error": "cannot decode",
+        "run_id": "r",
+    }
+    Output(str(root / "extract")).commit_video(
+        "bad", None, pa.Table.from_pylist([failed], schema.VIDEOS_BASE)
+    )
+    write_expr_annotations(root / "EXPR_Set" / "Validation_Set", {"bad": np.zeros(81)})
     return root
 
 
@@ -132,12 +147,13 @@ def test_fit_scores_every_view_and_predict_writes_files_that_read_back(corpus: P
     assert scores["raw"]["all_frames"]["n"] == 4 * 80  # 81 lines less the -1 line, per video
     assert scores["raw"]["all_frames"]["score"] < scores["raw"]["face_frames"]["score"]
     assert "lines without a frame in 4 videos (val0: 1" in model.card["val_join"]
+    assert "1 without a video (e.g. bad)" in model.card["val_join"]
     assert model.card["emotion_model"]["name"] == "enet_b0_8_best_vgaf"
     assert (tmp_path / "model" / abaw_heads.PLOT_FILE).stat().st_size > 0
 
     out = tmp_path / "challenge"
     result = abaw_heads.predict(str(corpus / "extract"), tmp_path / "model", out)
-    assert result.videos == 16 and result.videos_without_faces == ("val3_left",)
+    assert result.videos == 16 and result.videos_without_faces == ("val3_left",) and result.failed == ("bad",)
     back = abaw.read_annotations(out, "abaw-expr")
     assert back.videos["val0"].shape == (80, 1)  # one line per decoded frame
     prior_class = np.argmax(model.params["prior"])
@@ -148,8 +164,8 @@ def test_fit_scores_every_view_and_predict_writes_files_that_read_back(corpus: P
     abaw_heads.predict(str(corpus / "extract"), tmp_path / "model", out, sample=str(sample))
     lines = (out / "sample.txt").read_text().splitlines()
     assert [line.split(",")[0] for line in lines[1:]] == ["val1/00081.jpg", "val0/00001.jpg"]
-    sample.write_text("image_location\nnope/00001.jpg\n")
-    with pytest.raises(ValueError, match=r"1 rows of the sample have no prediction \(e.g. nope/00001.jpg\)"):
+    sample.write_text("image_location\nval0/00001.jpg\nbad/00001.jpg\n")
+    with pytest.raises(ValueError, match=r"1 rows of the sample have no prediction \(e.g. bad/00001.jpg\)"):
         abaw_heads.predict(str(corpus / "extract"), tmp_path / "model", out, sample=str(sample))
 
 
