@@ -260,7 +260,8 @@ def au_weights(Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def au_thresholds(probs: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Per AU, the grid threshold with the best F1 on these (held-out) rows (invalid values left out)."""
+    """Per AU, the grid threshold with the best F1 on these (held-out) rows (invalid values left out);
+    0.5 for an AU these rows never show, where every threshold scores 0 and none is better."""
     valid = ~np.isnan(truth)
     positive = (np.nan_to_num(truth) == 1) & valid
     f1 = []
@@ -268,7 +269,8 @@ def au_thresholds(probs: np.ndarray, truth: np.ndarray) -> np.ndarray:
         said = (probs >= t) & valid
         tp = (said & positive).sum(0)
         f1.append(2 * tp / np.maximum(said.sum(0) + positive.sum(0), 1))  # 2TP / (2TP + FP + FN)
-    return THRESHOLDS[np.argmax(np.array(f1), 0)]
+    chosen = THRESHOLDS[np.argmax(np.array(f1), 0)]
+    return np.where(positive.any(0), chosen, 0.5)
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,14 @@ def test_au_thresholds_are_chosen_on_held_out_training_videos_only() -> None:
     assert not np.array_equal(other["thresholds"], params["thresholds"])
 
 
+def test_an_au_the_tuning_rows_never_show_keeps_threshold_half() -> None:
+    truth = np.zeros((4, 12))
+    truth[:2, 0] = 1
+    probs = np.tile([[0.95], [0.25], [0.15], [0.05]], (1, 12))
+    got = abaw_heads.au_thresholds(probs, truth)
+    assert 0.1 < got[0] <= 0.2 and (got[1:] == 0.5).all()  # AU1: only 0.2 keeps both positives, no negative
+
+
 def test_subject_is_the_longest_track() -> None:
     np.testing.assert_array_equal(abaw_heads.subject(np.array([3, 1, 1, 3, 1, 2])), [1, 2, 4])
     np.testing.assert_array_equal(abaw_heads.subject(np.array([2, 1, 2, 1])), [1, 3])  # equal: the lower id
@@ -224,3 +232,28 @@ def test_an_extract_without_features_is_refused_with_the_fix(tmp_path: Path) -> 
             tmp_path / "m",
             val=str(tmp_path / "val"),
         )
+
+
+def test_au_head_end_to_end_with_thresholds_from_the_training_videos(corpus: Path, tmp_path: Path) -> None:
+    """AU j is active on the frames of class j % 8, which the planted features carry."""
+    for split in ("Train_Set", "Validation_Set"):
+        folder = tmp_path / "AU_Set" / split
+        folder.mkdir(parents=True)
+        for path in sorted((corpus / "EXPR_Set" / split).glob("*.txt")):
+            classes = abaw.read_video_file(path, "abaw-expr")[:, 0]
+            rows = [np.where(np.arange(12) % 8 == c, 1, 0) if c == c else np.full(12, -1) for c in classes]
+            lines = [",".join(str(int(v)) for v in row) for row in rows]
+            (folder / path.name).write_text("\n".join([",".join(abaw.AU_NAMES), *lines]) + "\n")
+    model = abaw_heads.fit(
+        str(corpus / "extract"),
+        str(tmp_path / "AU_Set" / "Train_Set"),
+        "abaw-au",
+        tmp_path / "au",
+        val=str(tmp_path / "AU_Set" / "Validation_Set"),
+        network=abaw_heads.Network(epochs=40),  # 960 training rows: 10 epochs are only 40 steps
+    )
+    assert len(model.card["thresholds"]) == 12 and model.card["smooth"] == abaw.SMOOTH["abaw-au"]
+    assert model.metrics["scores"]["raw"]["face_frames"]["score"] > 0.8
+    result = abaw_heads.predict(str(corpus / "extract"), tmp_path / "au", tmp_path / "files")
+    back = abaw.read_annotations(tmp_path / "files", "abaw-au")
+    assert result.videos == len(back.videos) and back.videos["val0"].shape == (80, 12)
