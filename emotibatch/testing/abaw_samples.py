@@ -30,7 +30,7 @@ def _vectors(x: np.ndarray, dtype: str) -> pa.Array:
 
 def write_abaw_extract(
     root: str | Path,
-    videos: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    videos: Mapping[str, tuple[np.ndarray, ...]],
     frame_count: int,
     *,
     dim: int = 12,
@@ -38,13 +38,14 @@ def write_abaw_extract(
     seed: int = 0,
 ) -> None:
     """An extract output with one faces file per video, written one video at a time. `videos` maps a
-    video id to (its class per frame, the frames where its subject's face is seen)."""
+    video id to (its class per frame, the frames where its subject's face is seen) and, for an MTL model,
+    a third array: the model's valence and arousal per frame (null otherwise)."""
     rng = np.random.default_rng(seed)
     means = class_means(dim)
     provenance = schema.Provenance(CLASSES_8, "enet_b0_8_best_vgaf", None, "det_10g", None)
     faces_schema = provenance.on(schema.faces_schema(8, dim, features_dtype))
     out = Output(str(root))
-    for video, (labels, frames) in videos.items():
+    for video, (labels, frames, *va) in videos.items():
         extra = frames[:3]
         frame_index = np.concatenate([frames, extra])
         track = np.concatenate([np.zeros(len(frames), int), np.ones(len(extra), int)])
@@ -65,9 +66,10 @@ def write_abaw_extract(
             "landmarks": _vectors(np.zeros((n, 10)), "float32"),
             "emotion": ["Neutral"] * n,
             "emotion_probs": _vectors(probs, "float32"),
-            "valence": pa.nulls(n, pa.float32()),
-            "arousal": pa.nulls(n, pa.float32()),
         }
+        for j, name in enumerate(abaw.VA_NAMES):
+            values = np.concatenate([va[0][frames, j], np.zeros(len(extra))]) if va else None
+            columns[name] = pa.nulls(n, pa.float32()) if values is None else pa.array(values, pa.float32())
         if features_dtype != "none":
             columns["features"] = _vectors(x, features_dtype)
         faces = pa.table({name: columns[name] for name in faces_schema.names}).cast(faces_schema)

@@ -257,3 +257,30 @@ def test_au_head_end_to_end_with_thresholds_from_the_training_videos(corpus: Pat
     result = abaw_heads.predict(str(corpus / "extract"), tmp_path / "au", tmp_path / "files")
     back = abaw.read_annotations(tmp_path / "files", "abaw-au")
     assert result.videos == len(back.videos) and back.videos["val0"].shape == (80, 12)
+
+
+def test_va_head_uses_an_mtl_models_valence_and_arousal(tmp_path: Path) -> None:
+    """Labels that follow the model's own valence / arousal (random per frame, unrelated to the class):
+    only an input holding those columns can reach a high CCC."""
+    rng = np.random.default_rng(3)
+    videos, labels = {}, {}
+    for i in range(8):
+        va = rng.uniform(-0.9, 0.9, (60, 2))
+        videos[f"v{i}"] = (np.zeros(60), np.arange(60), va)
+        labels[f"v{i}"] = np.clip(va + rng.normal(0, 0.05, va.shape), -1, 1)
+    write_abaw_extract(tmp_path / "x", videos, 60, dim=DIM)
+    for split, names in (("train", [f"v{i}" for i in range(6)]), ("val", ["v6", "v7"])):
+        (tmp_path / split).mkdir()
+        for name in names:
+            lines = [f"{v:.4f},{a:.4f}" for v, a in labels[name]]
+            (tmp_path / split / f"{name}.txt").write_text("\n".join(["valence,arousal", *lines]) + "\n")
+    model = abaw_heads.fit(
+        str(tmp_path / "x"),
+        str(tmp_path / "train"),
+        "abaw-va",
+        tmp_path / "m",
+        val=str(tmp_path / "val"),
+        smooth=0,
+    )
+    assert model.card["with_va"] and model.card["input_width"] == 8 + 2
+    assert model.metrics["scores"]["raw"]["face_frames"]["score"] > 0.9
