@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -551,7 +551,7 @@ def fit(
         "input_width": int(rows.X.shape[1]),
         "with_va": train_extract.with_va,
         "smooth": k,
-        "network": network.__dict__ if task != "abaw-va" else None,
+        "network": asdict(network) if task != "abaw-va" else None,
         "seed": seed,
         "emotion_model": train_extract.emotion_model,
         "detector": train_extract.provenance.detector,
