@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from emotibatch import nightly
-from emotibatch.clips import classify
+from emotibatch.clips import abaw, abaw_heads, classify
 from emotibatch.clips.aggregate import POOLS, Recipe, aggregate
 from emotibatch.clips.labels import DAISEE_TARGETS
 from emotibatch.config import ExtractConfig
@@ -273,6 +273,12 @@ windows_option = click.option(
 window_step_option = click.option(
     "--window-step", type=float, metavar="SECONDS", help="Seconds between window starts (default: --windows)."
 )
+smooth_option = click.option(
+    "--smooth",
+    type=click.IntRange(min=0),
+    metavar="K",
+    help="ABAW: centred mean over +-K frames before deciding  [default: expression 50, VA 50, AU 5]",
+)
 per_track_option = click.option(
     "--per-track", is_flag=True, help="One descriptor per face track, not per clip."
 )
@@ -344,7 +350,7 @@ def aggregate_command(
     metavar="PATH",
     help="Labels in the corpus's format (AFEW: its folder).",
 )
-@click.option("--task", required=True, type=click.Choice(sorted(classify.TASKS)))
+@click.option("--task", required=True, type=click.Choice(sorted(classify.TASKS) + sorted(abaw.HEADERS)))
 @click.option("--val", metavar="PATH", help="Validation labels (default: 5-fold cross-validation).")
 @click.option(
     "--val-features",
@@ -366,6 +372,7 @@ def aggregate_command(
 )
 @click.option("--folds", type=int, default=5, show_default=True, help="Cross-validation folds without --val.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@smooth_option
 @address_option
 @local_option
 @storage_options_option
@@ -382,11 +389,18 @@ def fit_command(
     estimator,
     folds,
     seed,
+    smooth,
     address,
     local,
     storage_options,
 ) -> None:
-    """Fit the task's recipe model on labelled clip descriptors; evaluate; save it with skops to MODEL_DIR."""
+    """Fit the task's recipe model on labelled clip descriptors (ABAW tasks: a frame-level head on the
+    extract's faces); evaluate; save it with skops to MODEL_DIR."""
+    if task in abaw.HEADERS:
+        _fit_abaw(features, labels_path, task, out, val, val_features, smooth, seed, storage_options)
+        return
+    if smooth is not None:
+        raise click.UsageError("--smooth applies to the ABAW tasks only")
     with library_errors():
         model = classify.fit(
             features,
@@ -413,6 +427,29 @@ def fit_command(
     click.echo(f"model, card, metrics and plot in {out}")
 
 
+def _fit_abaw(features, labels, task, out, val, val_extract, smooth, seed, storage_options) -> None:
+    if val is None:
+        raise click.UsageError(f"{task} needs --val (the corpus's Validation_Set): scores are reported on it")
+    with library_errors():
+        model = abaw_heads.fit(
+            features,
+            labels,
+            task,
+            out,
+            val=val,
+            val_extract=val_extract,
+            smooth=smooth,
+            seed=seed,
+            storage_options=storage_options,
+        )
+    click.echo(f"train annotations: {model.card['train_join']}")
+    click.echo(f"val annotations: {model.card['val_join']}")
+    for name, views in model.metrics["scores"].items():
+        shown = ", ".join(f"{view.replace('_', ' ')} {scores['score']:.3f}" for view, scores in views.items())
+        click.echo(f"{name}: {shown}")
+    click.echo(f"head, card, metrics and plot in {out}")
+
+
 @cli.command("predict")
 @click.option(
     "--features", required=True, metavar="DIR_OR_URI", help="An extract output or an aggregate output."
@@ -422,13 +459,36 @@ def fit_command(
 @windows_option
 @window_step_option
 @per_track_option
+@click.option(
+    "--sample",
+    metavar="FILE",
+    help="ABAW: a sample submission; also write the single file in its row order (refused if a row is missing).",
+)
+@smooth_option
 @address_option
 @local_option
 @storage_options_option
 def predict_command(
-    features, model_dir, out, windows, window_step, per_track, address, local, storage_options
+    features, model_dir, out, windows, window_step, per_track, sample, smooth, address, local, storage_options
 ):
-    """Predict every clip (or track, or window); clips without faces get a null prediction."""
+    """Predict every clip (or track, or window); clips without faces get a null prediction.
+
+    With an ABAW head, --out is a folder of challenge files: <video>.txt per video, and the --sample file.
+    """
+    if abaw_heads.is_abaw_model(model_dir):
+        with library_errors():
+            result = abaw_heads.predict(
+                features, model_dir, out, sample=sample, smooth=smooth, storage_options=storage_options
+            )
+        click.echo(
+            f"{result.lines} lines of {result.videos} videos ({len(result.videos_without_faces)} without a "
+            f"face: the training prior) -> {len(result.files)} files in {out}"
+        )
+        for video_id in result.failed[:REPORTED_FAILURES]:
+            click.echo(f"skipped failed video {video_id} (status failed in {redact_uri(features)}/videos)")
+        return
+    if sample is not None or smooth is not None:
+        raise click.UsageError("--sample and --smooth apply to ABAW heads only")
     with library_errors():
         table = classify.predict(
             features,
