@@ -26,7 +26,7 @@ from emotibatch.extract import pipeline
 from emotibatch.extract.decode import Sampling
 from emotibatch.inference import registry
 from emotibatch.io.redact import clean_text, install_log_filter, redact_uri
-from emotibatch.reports.render import render_clip
+from emotibatch.reports.render import MAX_LABELS, render_clip
 from emotibatch.reports.report import write_report
 
 
@@ -489,14 +489,28 @@ def report_command(
 
 @cli.command("render")
 @click.argument("video")
-@click.option("--output", "-o", required=True, metavar="FILE_OR_URI", help="The preview clip (MP4, H.264).")
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    metavar="FILE_OR_URI",
+    help="The preview clip: .mp4 (H.264) or .gif (at most 10 frames/s, 640 px wide, 60 s).",
+)
 @click.option(
     "--extract", required=True, metavar="DIR_OR_URI", help="The extract output holding VIDEO's faces."
 )
 @click.option("--start", type=float, default=0.0, show_default=True, metavar="S", help="First second.")
 @click.option("--end", type=float, metavar="S", help="Last second (exclusive)  [default: the end]")
+@click.option(
+    "--max-labels",
+    type=click.IntRange(min=0),
+    default=MAX_LABELS,
+    show_default=True,
+    metavar="N",
+    help="Label at most N faces per frame, the largest; the others keep their boxes.",
+)
 @storage_options_option
-def render_command(video, output, extract, start, end, storage_options) -> None:
+def render_command(video, output, extract, start, end, max_labels, storage_options) -> None:
     """A preview clip of VIDEO with face boxes, track ids and emotions drawn on.
 
     VIDEO is the video file or its video_id in the extract's videos table. Only sampled frames have
@@ -504,7 +518,13 @@ def render_command(video, output, extract, start, end, storage_options) -> None:
     """
     with library_errors():
         result = render_clip(
-            video, output, extract, start_s=start, end_s=end, storage_options=storage_options
+            video,
+            output,
+            extract,
+            start_s=start,
+            end_s=end,
+            max_labels=max_labels,
+            storage_options=storage_options,
         )
     click.echo(
         f"{result.frames} frames of {result.video_id} from frame {result.first_frame} -> {redact_uri(output)}"
