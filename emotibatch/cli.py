@@ -241,20 +241,26 @@ def _summary(result: pipeline.RunResult) -> None:
 
 @cli.command()
 @click.option(
-    "--dir", "directory", default="emotibatch-demo", show_default=True, help="Where inputs and outputs go."
+    "--output",
+    "-o",
+    "directory",
+    metavar="DIR",
+    help="Where inputs, models and outputs go  [default: a new temporary folder]",
 )
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def demo(directory: str, device: str) -> None:
-    """Make sample videos, run the whole job on them locally and show a few rows."""
+def demo(directory: str | None, device: str) -> None:
+    """Make sample videos, run the whole job on them locally, show a few rows and what to try next."""
     with library_errors():
-        result = run_demo(directory, device=device)
+        result = run_demo(directory, device=device, say=click.echo)
     console = Console()
-    console.print(result.models_note, markup=False, highlight=False)
     _summary(result.result)
     faces = pq.read_table(f"{result.result.output}/faces", columns=DEMO_COLUMNS)
     console.print(f"faces/: {faces.num_rows} rows; the first few:")
     console.print(faces.slice(0, 8).to_pandas().to_string(index=False), markup=False, highlight=False)
     console.print(f"Outputs: {result.result.output}/faces, /videos, /runs (Parquet).", markup=False)
+    click.echo("Next, try:")
+    for command in result.next_commands:
+        click.echo(f"  {command}")
 
 
 DEMO_COLUMNS = ["video_id", "frame_index", "timestamp_s", "face_index", "track_id", "emotion", "det_score"]
