@@ -592,8 +592,11 @@ NIGHTLY_EXTRACT_OPTIONS = (
 @click.option(
     "--engagement-model",
     metavar="PATH_OR_NAME",
-    help="engagement_single_attention (EmotiEffLib's head: enet_b0 features, tracks of 128+ face frames), "
-    "its h5 file, or a MODEL_DIR from `emotibatch fit`.",
+    default=nightly.AUTO_ENGAGEMENT,
+    show_default=True,
+    help="auto: EmotiEffLib's pretrained head (enet_b0 features, tracks of 128+ face frames) when it can be "
+    "had, cached or pulled, else none, said in the night's log and pages; none; "
+    "engagement_single_attention or its h5 file; or a MODEL_DIR from `emotibatch fit`.",
 )
 @click.option(
     "--engagement-window",
@@ -611,7 +614,7 @@ def nightly_command(
     fps: float,
     settle_minutes: float,
     completion_marker: str | None,
-    engagement_model: str | None,
+    engagement_model: str,
     engagement_window: float,
     night: datetime.datetime | None,
     strict: bool,

@@ -64,7 +64,9 @@ from emotibatch.reports.summary import summarize_engagement, tracks_of, window_s
 
 __all__ = [
     "ENGAGEMENT_COLUMNS",
+    "CourseLecture",
     "Section",
+    "course_page",
     "index_page",
     "overview_sections",
     "page",
@@ -1219,8 +1221,15 @@ def report_summary(text: str) -> dict[str, Any] | None:
     return json.loads(html.unescape(match.group(1))) if match else None
 
 
-def index_page(reports: Sequence[tuple[str, Mapping[str, Any]]], title: str) -> str:
-    """A page linking reports, given as (href, summary) in order, with the numbers a person scans for."""
+def index_page(
+    reports: Sequence[tuple[str, Mapping[str, Any]]],
+    title: str,
+    *,
+    notes: Sequence[str] = (),
+    links: Sequence[tuple[str, str]] = (),
+) -> str:
+    """A page linking reports, given as (href, summary) in order, with the numbers a person scans for;
+    `notes` are said above the table, `links` ((href, text)) lead to related pages."""
     rows = [
         (
             Raw(f'<a href="{_e(href)}">{_e(s.get("title") or href)}</a>'),
@@ -1236,7 +1245,9 @@ def index_page(reports: Sequence[tuple[str, Mapping[str, Any]]], title: str) -> 
         for href, s in reports
     ]
     failed = sum(s.get("failed") or 0 for _, s in reports)
-    body = f'<p class="alert">{failed:,} inputs failed: see the reports marked in red.</p>' if failed else ""
+    body = "".join(f'<p><a href="{_e(href)}">{_e(text)}</a></p>' for href, text in links)
+    body += "".join(f'<p class="note">{_e(n)}</p>' for n in notes)
+    body += f'<p class="alert">{failed:,} inputs failed: see the reports marked in red.</p>' if failed else ""
     headers = ["report", "videos", "ok", "failed", "duration", "faces", "tracks", "mostly", "generated"]
     body += (
         _table(headers, rows, (1, 2, 3, 4, 5, 6)) if rows else '<p class="note">No reports were found.</p>'
@@ -1247,16 +1258,136 @@ def index_page(reports: Sequence[tuple[str, Mapping[str, Any]]], title: str) -> 
     )
 
 
+@dataclass(frozen=True)
+class CourseLecture:
+    """One lecture of the course view: its latest outcome over every night so far."""
+
+    course: str
+    lecture: str
+    status: str  # ok, failed or waiting
+    night: str | None  # the night of its latest try (None: waiting, never tried)
+    why: str | None = None  # the error of a failed lecture, the reason a waiting one waits
+    duration_s: float | None = None
+    faces: int | None = None
+    engagement: float | None = None
+    shares: Mapping[str, float | None] | None = None  # share of face time per emotion (ok lectures)
+    href: str | None = None  # its report
+
+
+def course_page(
+    lectures: Sequence[CourseLecture], classes: Sequence[str], title: str, *, note: str = ""
+) -> str:
+    """One section per course: each lecture's emotion shares (and engagement, where a model ran) over the
+    semester, with the lectures that failed or still wait, in lecture order."""
+    palette = colors(classes)
+    courses: dict[str, list[CourseLecture]] = {}
+    for x in sorted(lectures, key=lambda x: (x.course, x.lecture)):
+        courses.setdefault(x.course, []).append(x)
+    sections = []
+    for i, (course, rows) in enumerate(courses.items(), 1):
+        ok = [x for x in rows if x.status == "ok" and x.shares]
+        parts = [
+            f'<p class="muted">{len(rows)} lectures: {len(ok)} summarised, '
+            f"{sum(x.status == 'failed' for x in rows)} failed, {sum(x.status == 'waiting' for x in rows)} waiting.</p>"
+        ]
+        if ok:
+            parts.append(
+                _figure_html(
+                    _shares_figure([(x.lecture, x.shares) for x in ok], classes, palette),
+                    "Share of face time per emotion in each lecture (each face's most likely class).",
+                )
+            )
+            scored = [x for x in ok if x.engagement is not None]
+            if scored:
+                parts.append(
+                    _figure_html(
+                        _engagement_by_lecture([(x.lecture, x.engagement) for x in scored]),
+                        "Engagement of each lecture: the mean of its timeline (see the nightly job).",
+                    )
+                )
+        table = [
+            (
+                Raw(f'<a href="{_e(x.href)}">{_e(x.lecture)}</a>') if x.href else x.lecture,
+                x.night or "-",
+                _status(x.status),
+                _clock(x.duration_s),
+                x.faces,
+                _number(x.engagement, 2),
+                max(x.shares, key=lambda c: x.shares[c] or 0.0) if x.shares else "-",
+                *(
+                    f"{100 * x.shares[c]:.0f}%" if x.shares and x.shares.get(c) is not None else "-"
+                    for c in classes
+                ),
+                x.why or "",
+            )
+            for x in rows
+        ]
+        headers = [
+            "lecture",
+            "night",
+            "status",
+            "duration",
+            "faces",
+            "engagement",
+            "mostly",
+            *classes,
+            "note",
+        ]
+        parts.append(_table(headers, table, range(3, 7 + len(classes))))
+        sections.append(Section(f"c{i}", f"Course {course}", "".join(parts)))
+    if not sections:
+        sections.append(Section("c0", "Courses", '<p class="note">No lecture was found yet.</p>'))
+    if note:
+        first = sections[0]
+        sections[0] = Section(first.anchor, first.title, f'<p class="note">{_e(note)}</p>' + first.body)
+    summary = {"title": title, "courses": len(courses), "lectures": len(lectures)}
+    return page(
+        title, sections, summary=summary, subtitle=f"{len(lectures)} lectures in {len(courses)} courses"
+    )
+
+
+def _shares_figure(
+    lectures: Sequence[tuple[str, Mapping[str, float | None]]],
+    classes: Sequence[str],
+    palette: Mapping[str, str],
+) -> Figure:
+    fig, ax = _figure(0.9 + 0.26 * len(lectures))
+    left = np.zeros(len(lectures))
+    for c in classes:
+        values = np.array([shares.get(c) or 0.0 for _, shares in lectures])
+        ax.barh(range(len(lectures)), values, left=left, color=palette[c], label=c)
+        left += values
+    ax.set_yticks(range(len(lectures)), [name for name, _ in lectures], fontsize=8)
+    ax.set_ylim(len(lectures) - 0.5, -0.5)
+    ax.set_xlim(0, 1)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{100 * x:.0f}%"))
+    ax.set_xlabel("share of face time")
+    _legend(fig)
+    return fig
+
+
+def _engagement_by_lecture(lectures: Sequence[tuple[str, float]]) -> Figure:
+    fig, ax = _figure(2.4)
+    ax.plot(range(len(lectures)), [v for _, v in lectures], marker="o", color="#08306b")
+    ax.set_xticks(range(len(lectures)), [name for name, _ in lectures], fontsize=8, rotation=30, ha="right")
+    ax.set_ylabel("engagement")
+    ax.grid(True, color="#e6e6e6", linewidth=0.6)
+    return fig
+
+
 def write_index(
     night_dir_or_list: str | Sequence[str],
     html_path: str,
     *,
     title: str | None = None,
+    notes: Sequence[str] = (),
+    links: Sequence[tuple[str, str]] = (),
     storage_options: dict | None = None,
 ) -> str:
     """Write a page linking reports: every report under a directory (searched recursively; other HTML
     is skipped), or the given report paths in order. Links are relative where a report shares the
-    index's filesystem, so the pages open from disk and from a bucket alike. Returns html_path."""
+    index's filesystem, so the pages open from disk and from a bucket alike. `notes` and `links` go
+    above the table (see `index_page`). Returns html_path."""
     options = storage_options or {}
     fs, index = open_fs(html_path, options)
     if isinstance(night_dir_or_list, str):
@@ -1276,5 +1407,5 @@ def write_index(
             href = urllib.parse.quote(posixpath.relpath(report, base)) if same else redact_uri(path)
             reports.append((href, summary))
     name = title or f"emotibatch reports: {posixpath.basename(base) or base}"
-    _write_text(html_path, index_page(reports, name), storage_options)
+    _write_text(html_path, index_page(reports, name, notes=notes, links=links), storage_options)
     return html_path
