@@ -14,7 +14,8 @@ Plots scale to hour-long lectures: consecutive sampled frames are pooled into at
 for display only; tables and counts use every row. Faces are read one video at a time, never `features`.
 
 Rendering is pure: `summarize_video` (faces table -> `VideoSummary`), `video_section`,
-`overview_sections`, `page` and `index_page` take tables and return HTML. `write_report` and
+`overview_sections`, `page`, `index_page` and `course_page` (the nightly job's course view) take tables
+and return HTML. `write_report` and
 `write_index` read, call them and write through fsspec (a path may be a bucket URI): a nightly job calls
 those two.
 """
@@ -877,14 +878,17 @@ def _what_happened(rows: list[dict], counts: Mapping[str, int]) -> Section:
         body = [
             f'<p class="alert">{len(failed):,} of {len(rows):,} inputs failed: {_e(_failure_causes(failed))}. '
             "A rerun retries them.</p>",
-            _key_values(totals),
+            _table([k for k, _ in totals], [[v for _, v in totals]], range(len(totals))),
             _table(
                 ["video", "source", "error"],
                 [(r["video_id"], r["source_uri"], r["error"] or "-") for r in failed],
             ),
         ]
     else:
-        body = [f'<p class="ok">All {len(rows):,} inputs were processed.</p>', _key_values(totals)]
+        body = [
+            f'<p class="ok">All {len(rows):,} inputs were processed.</p>',
+            _table([k for k, _ in totals], [[v for _, v in totals]], range(len(totals))),
+        ]
     return Section("overview", "What happened", "".join(body))
 
 
@@ -1309,7 +1313,7 @@ def course_page(
             (
                 Raw(f'<a href="{_e(x.href)}">{_e(x.lecture)}</a>') if x.href else x.lecture,
                 x.night or "-",
-                _status(x.status),
+                Raw('<span class="muted">waiting</span>') if x.status == "waiting" else _status(x.status),
                 _clock(x.duration_s),
                 x.faces,
                 _number(x.engagement, 2),

@@ -118,7 +118,7 @@ def test_each_lecture_once_failures_retried_uploads_waited(tmp_path: Path, model
     assert '<a href="../courses.html">' in index and "No engagement model ran" not in index
     # A lecture's page is about that lecture: one input, not the night's three.
     week1_page = Page.read(night1 / "reports" / f"{video_key('course1/week1.mp4')}.html")
-    assert week1_page.sections["overview"].key_values(0)["inputs"] == "1"
+    assert week1_page.sections["overview"].rows(0)[0]["inputs"] == "1"
     assert [r["video"] for r in week1_page.sections["videos"].rows(0)] == ["course1/week1.mp4"]
     courses = {s.text[0]: s.rows(0) for s in Page.read(out / "courses.html").sections.values()}
     assert {c: [(r["lecture"], r["status"]) for r in rows] for c, rows in courses.items()} == {

@@ -33,7 +33,7 @@ def _self_contained(page: Page) -> None:
 def test_run_overview_tables_hold_the_run(reports: dict[str, Path]) -> None:
     page = Page.read(reports["synthetic"])
     _self_contained(page)
-    totals = page.sections["overview"].key_values(0)
+    totals = page.sections["overview"].rows(0)[0]
     assert (totals["inputs"], totals["ok"], totals["failed"]) == ("3", "2", "1")
     assert (totals["frames sampled"], totals["faces"], totals["tracks"]) == ("600", "900", "3")
     details = page.sections["models"]
@@ -97,7 +97,7 @@ def test_video_sections_show_tracks_and_say_what_is_missing(
         "No faces were found"
     )
     # A one-video page is about that video, not about the run's other inputs.
-    assert alone.sections["overview"].key_values(0)["inputs"] == "1"
+    assert alone.sections["overview"].rows(0)[0]["inputs"] == "1"
     assert [r["video"] for r in alone.sections["videos"].rows(0)] == ["empty_room"]
     failed = Page.read(reports["failed_input"])
     assert failed.sections["v1"].says("This input failed") and failed.sections["overview"].says(
