@@ -699,8 +699,10 @@ def video_section(
     ]
     line = (
         f"{_moment(row.get('duration_s'), row.get('duration_s') or 0.0)} of video · "
-        f"{_number(row.get('faces'))} faces in {_number(row.get('tracks'))} tracks · {_e(row.get('source_uri'))}"
-    )
+        f"{_number(row.get('faces'))} faces in {_number(row.get('tracks'))} tracks · "
+        if row["status"] == "ok"
+        else ""
+    ) + _e(row.get("source_uri"))
     parts = [f'<p class="muted">{line}</p>']
     tracks = ""
     if row["status"] != "ok":
