@@ -905,8 +905,10 @@ def _emotions_section(counts: Mapping[str, int], classes: Sequence[str], videos:
     rows = [
         (_swatch(palette[c], c), counts.get(c, 0), f"{100 * counts.get(c, 0) / total:.1f}%") for c in classes
     ]
-    body = _figure_html(_distribution_figure(counts, classes, palette), caption) + _table(
-        ["emotion", "faces", "share"], rows, (1, 2)
+    table = _table(["emotion", "faces", "share"], rows, (1, 2))
+    body = (
+        _figure_html(_distribution_figure(counts, classes, palette), caption)
+        + f"<details><summary>The numbers</summary>{table}</details>"
     )
     return Section("emotions", "Emotions", body)
 
