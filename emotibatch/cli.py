@@ -26,7 +26,7 @@ from emotibatch.extract import pipeline
 from emotibatch.extract.decode import Sampling
 from emotibatch.inference import registry
 from emotibatch.io.redact import clean_text, install_log_filter, redact_uri
-from emotibatch.reports.render import render_clip
+from emotibatch.reports.render import MAX_LABELS, render_clip
 from emotibatch.reports.report import write_report
 
 
@@ -245,20 +245,26 @@ def _summary(result: pipeline.RunResult) -> None:
 
 @cli.command()
 @click.option(
-    "--dir", "directory", default="emotibatch-demo", show_default=True, help="Where inputs and outputs go."
+    "--output",
+    "-o",
+    "directory",
+    metavar="DIR",
+    help="Where inputs, models and outputs go  [default: a new temporary folder]",
 )
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
-def demo(directory: str, device: str) -> None:
-    """Make sample videos, run the whole job on them locally and show a few rows."""
+def demo(directory: str | None, device: str) -> None:
+    """Make sample videos, run the whole job on them locally, show a few rows and what to try next."""
     with library_errors():
-        result = run_demo(directory, device=device)
+        result = run_demo(directory, device=device, say=click.echo)
     console = Console()
-    console.print(result.models_note, markup=False, highlight=False)
     _summary(result.result)
     faces = pq.read_table(f"{result.result.output}/faces", columns=DEMO_COLUMNS)
     console.print(f"faces/: {faces.num_rows} rows; the first few:")
     console.print(faces.slice(0, 8).to_pandas().to_string(index=False), markup=False, highlight=False)
     console.print(f"Outputs: {result.result.output}/faces, /videos, /runs (Parquet).", markup=False)
+    click.echo("Next, try:")
+    for command in result.next_commands:
+        click.echo(f"  {command}")
 
 
 DEMO_COLUMNS = ["video_id", "frame_index", "timestamp_s", "face_index", "track_id", "emotion", "det_score"]
@@ -553,14 +559,28 @@ def report_command(
 
 @cli.command("render")
 @click.argument("video")
-@click.option("--output", "-o", required=True, metavar="FILE_OR_URI", help="The preview clip (MP4, H.264).")
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    metavar="FILE_OR_URI",
+    help="The preview clip: .mp4 (H.264) or .gif (at most 10 frames/s, 640 px wide, 60 s).",
+)
 @click.option(
     "--extract", required=True, metavar="DIR_OR_URI", help="The extract output holding VIDEO's faces."
 )
 @click.option("--start", type=float, default=0.0, show_default=True, metavar="S", help="First second.")
 @click.option("--end", type=float, metavar="S", help="Last second (exclusive)  [default: the end]")
+@click.option(
+    "--max-labels",
+    type=click.IntRange(min=0),
+    default=MAX_LABELS,
+    show_default=True,
+    metavar="N",
+    help="Label at most N faces per frame, the largest; the others keep their boxes.",
+)
 @storage_options_option
-def render_command(video, output, extract, start, end, storage_options) -> None:
+def render_command(video, output, extract, start, end, max_labels, storage_options) -> None:
     """A preview clip of VIDEO with face boxes, track ids and emotions drawn on.
 
     VIDEO is the video file or its video_id in the extract's videos table. Only sampled frames have
@@ -568,7 +588,13 @@ def render_command(video, output, extract, start, end, storage_options) -> None:
     """
     with library_errors():
         result = render_clip(
-            video, output, extract, start_s=start, end_s=end, storage_options=storage_options
+            video,
+            output,
+            extract,
+            start_s=start,
+            end_s=end,
+            max_labels=max_labels,
+            storage_options=storage_options,
         )
     click.echo(
         f"{result.frames} frames of {result.video_id} from frame {result.first_frame} -> {redact_uri(output)}"
@@ -630,8 +656,11 @@ NIGHTLY_EXTRACT_OPTIONS = (
 @click.option(
     "--engagement-model",
     metavar="PATH_OR_NAME",
-    help="engagement_single_attention (EmotiEffLib's head: enet_b0 features, tracks of 128+ face frames), "
-    "its h5 file, or a MODEL_DIR from `emotibatch fit`.",
+    default=nightly.AUTO_ENGAGEMENT,
+    show_default=True,
+    help="auto: EmotiEffLib's pretrained head (enet_b0 features, tracks of 128+ face frames) when it can be "
+    "had, cached or pulled, else none, said in the night's log and pages; none; "
+    "engagement_single_attention or its h5 file; or a MODEL_DIR from `emotibatch fit`.",
 )
 @click.option(
     "--engagement-window",
@@ -649,7 +678,7 @@ def nightly_command(
     fps: float,
     settle_minutes: float,
     completion_marker: str | None,
-    engagement_model: str | None,
+    engagement_model: str,
     engagement_window: float,
     night: datetime.datetime | None,
     strict: bool,

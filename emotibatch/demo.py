@@ -4,11 +4,17 @@ It uses the real default models when they are cached or downloadable. Offline it
 generated stand-in models (standins.py) instead: random weights, so the emotions mean nothing, but every
 step of the job runs for real. The sample videos' "faces" are the squares the stand-in detector finds;
 a real detector finds no faces in them.
+
+Everything goes into one folder it names: the one given, else a new temporary folder, never the
+current directory (which is often a checkout of this repository). Each step is said as it starts, and the
+demo ends with the commands to try next on its own output (`report`, `render`), in the CLI's vocabulary.
 """
 
 from __future__ import annotations
 
-import logging
+import shlex
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,13 +25,15 @@ from emotibatch.inference import registry
 from emotibatch.io.redact import clean_text
 from emotibatch.testing import samples, standins
 
-log = logging.getLogger(__name__)
+DEMO_SAMPLING = Sampling("fps", 5.0)
 
 
 @dataclass(frozen=True)
 class Demo:
+    directory: Path
     result: pipeline.RunResult
     models_note: str
+    next_commands: tuple[str, ...]
 
 
 def choose_models(directory: Path) -> tuple[str, str, str]:
@@ -50,20 +58,41 @@ def choose_models(directory: Path) -> tuple[str, str, str]:
     return default.model, default.detector, note
 
 
-def run_demo(directory: str | Path, *, device: str = "auto") -> Demo:
-    directory = Path(directory)
-    inputs = directory / "inputs"
-    samples.make_sample_set(inputs)
+def next_commands(directory: Path, output: Path, video_id: str) -> tuple[str, ...]:
+    """What to run next on the demo's output: its report and a preview clip of one video."""
+    q = shlex.quote
+    return (
+        f"emotibatch report --extract {q(str(output))} -o {q(str(directory / 'report.html'))}",
+        f"emotibatch render {q(video_id)} --extract {q(str(output))} -o {q(str(directory / 'preview.mp4'))}",
+    )
+
+
+def run_demo(
+    directory: str | Path | None = None, *, device: str = "auto", say: Callable[[str], None] = print
+) -> Demo:
+    """Run the demo in `directory` (default: a new temporary folder), saying each step with `say`."""
+    directory = Path(
+        tempfile.mkdtemp(prefix="emotibatch-demo-") if directory is None else directory
+    ).resolve()
+    say(f"Demo folder: {directory}")
+    inputs, output = directory / "inputs", directory / "output"
+    say(f"1/3 Making {len(samples.SAMPLE_SET)} sample videos in {inputs}")
+    videos = samples.make_sample_set(inputs)
+    say("2/3 Finding the models")
     model, detector, note = choose_models(directory / "models")
-    log.info(note)
+    say(note)
+    say(f"3/3 Extracting faces and emotions at {DEMO_SAMPLING.value:g} frames/s on a local Ray into {output}")
     config = ExtractConfig(
         inputs=(str(inputs),),
-        output=str(directory / "output"),
+        output=str(output),
         model=model,
         detector=detector,
-        sampling=Sampling("fps", 5.0),
+        sampling=DEMO_SAMPLING,
         segment_seconds=2.0,
         device=device,
         overwrite=True,
     )
-    return Demo(pipeline.extract(config), note)
+    result = pipeline.extract(config)
+    with_faces = [v["video_id"] for v in result.videos if v["status"] == "ok" and v.get("faces")]
+    video_id = with_faces[0] if with_faces else videos[0].stem
+    return Demo(directory, result, note, next_commands(directory, output, video_id))

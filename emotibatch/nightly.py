@@ -31,10 +31,15 @@ Layout under OUT:
     OUT/date=YYYY-MM-DD/reports/<video>.html     one self-contained HTML report per lecture (report.py)
     OUT/date=YYYY-MM-DD/index.html               the night's page, linking every lecture's report
     OUT/date=YYYY-MM-DD/failures.json            the latest run's failed lectures, with their errors
+    OUT/courses.html                             the course view across nights, rebuilt by every run
 
 Summaries: the share of each emotion is the fraction of a lecture's (or track's) face rows with that
 label; at a fixed sampling rate every row stands for the same time of one face, so it is a share of face
-time. Valence and arousal means are null for models without them. Engagement (optional):
+time. Valence and arousal means are null for models without them. Engagement runs by default (`auto`):
+EmotiEffLib's pretrained head where it can be had (cached, or pulled) and the emotion model gives its
+features; where it cannot, the night goes on without it and says so in its log, its index and its
+lecture pages (the engagement columns are then null). `none` turns it off; a model given by name or
+path must load, or the run is refused before any work:
 
 - EmotiEffLib's pretrained head (`engagement_single_attention`, or a path to its h5 file; engagement.py)
   scores windows of 128 consecutive face frames of one track, every frame, from enet_b0 features (1280-d):
@@ -45,6 +50,11 @@ time. Valence and arousal means are null for models without them. Engagement (op
   (engagewild) score, or a classifier's (daisee) expected level under its probabilities.
 
 A lecture's engagement is the mean over its timeline windows (all tracks): longer tracks weigh more.
+
+The course view (`OUT/courses.html`) is made from what the nights wrote: every night's lecture summaries
+(the latest night wins for a lecture processed twice), the processed manifest for the lectures whose
+latest try failed, and this run's listing for the uploads still waiting. A course is a lecture's folder
+under the prefix (`course1/week1.mp4` is in course1).
 """
 
 from __future__ import annotations
@@ -53,6 +63,7 @@ import contextlib
 import json
 import logging
 import posixpath
+import urllib.parse
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -96,6 +107,10 @@ PROCESSED_FILE = "processed.parquet"
 FAILURES_FILE = "failures.json"
 SUMMARIES = "summaries"
 REPORTS = "reports"  # one self-contained HTML page per lecture; index.html beside them links them
+COURSES_FILE = "courses.html"
+AUTO_ENGAGEMENT = "auto"  # the pretrained head where it can be had (see the module docstring)
+NO_ENGAGEMENT = "none"
+PRETRAINED_ENGAGEMENT = "engagement_single_attention"
 # What the summaries read of a faces file (and `features` with an engagement model).
 FACE_COLUMNS = [
     "frame_index",
@@ -120,7 +135,7 @@ class NightlyConfig:
     extract: ExtractConfig
     settle_minutes: float = 30.0
     completion_marker: str | None = None
-    engagement_model: str | None = None
+    engagement_model: str = AUTO_ENGAGEMENT  # or NO_ENGAGEMENT, a registry name, a path, a fit directory
     engagement_window_s: float = 60.0
     night: date | None = None  # default: the UTC date when the run is prepared
 
@@ -138,7 +153,12 @@ class NightlyConfig:
             problems.append("--completion-marker must be a non-empty suffix, e.g. .done")
         if self.engagement_window_s <= 0:
             problems.append(f"--engagement-window must be > 0 seconds, got {self.engagement_window_s}")
-        if self.engagement_model and self.extract.features_dtype == "none":
+        if not self.engagement_model.strip():
+            problems.append(f"--engagement-model must name a model, {AUTO_ENGAGEMENT} or {NO_ENGAGEMENT}")
+        if (
+            self.engagement_model not in (AUTO_ENGAGEMENT, NO_ENGAGEMENT)
+            and self.extract.features_dtype == "none"
+        ):
             problems.append("--engagement-model needs the feature vectors: drop --features-dtype none")
         if problems:
             raise ValueError("; ".join(problems))
@@ -273,6 +293,26 @@ def load_engagement(model: str, extract: ExtractConfig, window_s: float = 60.0) 
     return PretrainedEngagement(EngagementModel.load(path), redact_uri(model))
 
 
+def choose_engagement(config: NightlyConfig) -> tuple[Engagement | None, str | None]:
+    """The night's engagement model, or None and a sentence saying why none runs (see the module
+    docstring). A model named by the user that cannot be used raises, as `load_engagement` does."""
+    chosen = config.engagement_model
+    if chosen == NO_ENGAGEMENT:
+        return None, f"No engagement model ran: --engagement-model {NO_ENGAGEMENT}."
+    if chosen != AUTO_ENGAGEMENT:
+        return load_engagement(chosen, config.extract, config.engagement_window_s), None
+    if config.extract.features_dtype == "none":
+        return (
+            None,
+            "No engagement model ran: it needs the feature vectors, and --features-dtype none keeps none.",
+        )
+    try:
+        return load_engagement(PRETRAINED_ENGAGEMENT, config.extract), None
+    except (registry.ModelUnavailableError, registry.IntegrityError, ValueError) as exc:
+        why = clean_text(str(exc).splitlines()[0])
+        return None, f"No engagement model ran: EmotiEffLib's {PRETRAINED_ENGAGEMENT} cannot be used ({why})."
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -366,9 +406,15 @@ def summarize_lecture(
 
 
 def _summarize(
-    night_output: Output, video: dict[str, Any], night: date, run_id: str, engagement: Engagement | None
+    night_output: Output,
+    video: dict[str, Any],
+    night: date,
+    run_id: str,
+    engagement: Engagement | None,
+    notes: tuple[str, ...] = (),
 ) -> list[str]:
-    """Ray task: summarise one lecture from its faces file; return the files written."""
+    """Ray task: summarise one lecture from its faces file; return the files written. `notes` go on its
+    page (why no engagement model ran)."""
     key = video_key(video["video_id"])
     columns = [*FACE_COLUMNS, *(["features"] if engagement else [])]
     faces = pq.read_table(
@@ -388,6 +434,7 @@ def _summarize(
             uri_of(night_output.fs, night_output.join(REPORTS, f"{key}.html")),
             videos=[video["video_id"]],
             engagement=timeline if timeline is not None and len(timeline) else None,
+            notes=notes,
             storage_options=night_output.storage_options,
         )
     )
@@ -421,6 +468,7 @@ class Waiting:
 
     source_uri: str
     reason: str
+    video_id: str
 
 
 def _modified(info: dict[str, Any]) -> datetime | None:
@@ -471,6 +519,7 @@ class NightPlan:
     processed_before: int
     extract: pipeline.Plan | None
     engagement: Engagement | None
+    engagement_note: str | None = None  # why no engagement model runs (None: one does)
 
 
 @dataclass(frozen=True)
@@ -495,6 +544,8 @@ class NightResult:
     waiting: tuple[Waiting, ...]
     processed_before: int
     failures_file: str | None = None
+    engagement_note: str | None = None
+    courses_file: str | None = None
 
     @property
     def failed(self) -> list[LectureOutcome]:
@@ -508,6 +559,10 @@ class NightResult:
             f"{len(self.waiting)} uploads waiting, {self.processed_before} processed by earlier runs"
             + (f"; outputs in {redact_uri(self.night_output)}" if self.night_output and self.lectures else "")
         ]
+        if self.engagement_note and self.lectures:
+            lines.append(self.engagement_note)
+        if self.courses_file:
+            lines.append(f"course view: {redact_uri(self.courses_file)}")
         lines += [f"failed {o.lecture.video_id}: {o.error}" for o in self.failed]
         if self.failures_file and self.failed:
             lines.append(f"failures listed in {redact_uri(self.failures_file)}")
@@ -530,11 +585,7 @@ def prepare(config: NightlyConfig) -> NightPlan:
     now = datetime.now(timezone.utc)
     night = config.night or now.date()
     root = Output(config.output, config.extract.storage_options)
-    engagement = (
-        load_engagement(config.engagement_model, config.extract, config.engagement_window_s)
-        if config.engagement_model
-        else None
-    )
+    engagement, engagement_note = choose_engagement(config)
     processed_table = _read_processed(root).filter(pc.equal(pc.field("status"), "ok"))
     processed = set(
         zip(
@@ -549,14 +600,12 @@ def prepare(config: NightlyConfig) -> NightPlan:
         if lecture.key in processed:
             before += 1
         elif not marked:
-            waiting.append(
-                Waiting(lecture.source_uri, f"no completion marker {config.completion_marker} yet")
-            )
+            why = f"no completion marker {config.completion_marker} yet"
+            waiting.append(Waiting(lecture.source_uri, why, lecture.video_id))
         elif modified is not None and (now - modified).total_seconds() < settle:
             age = (now - modified).total_seconds() / 60
-            waiting.append(
-                Waiting(lecture.source_uri, f"modified {age:.0f} min ago (< {config.settle_minutes:g} min)")
-            )
+            why = f"modified {age:.0f} min ago (< {config.settle_minutes:g} min)"
+            waiting.append(Waiting(lecture.source_uri, why, lecture.video_id))
         else:
             todo.append(lecture)
     extract = None
@@ -571,14 +620,22 @@ def prepare(config: NightlyConfig) -> NightPlan:
         extract = pipeline.prepare(
             replace(config.extract, inputs=(uri_of(root.fs, manifest),), output=night_output)
         )
-    return NightPlan(config, night, tuple(todo), tuple(waiting), before, extract, engagement)
+    return NightPlan(config, night, tuple(todo), tuple(waiting), before, extract, engagement, engagement_note)
 
 
 def run(plan: NightPlan) -> NightResult:
     """Extract, summarise and record tonight's lectures (see the module docstring); log a summary."""
     if plan.extract is None:
         result = NightResult(
-            plan.night, None, plan.config.output, None, (), plan.waiting, plan.processed_before
+            plan.night,
+            None,
+            plan.config.output,
+            None,
+            (),
+            plan.waiting,
+            plan.processed_before,
+            engagement_note=plan.engagement_note,
+            courses_file=write_course_view(plan),
         )
         for line in result.describe():
             log.info(line)
@@ -590,6 +647,7 @@ def run(plan: NightPlan) -> NightResult:
         videos = {r["video_id"]: r for r in night_output.read_tables("videos").to_pylist()}
         task = ray.remote(num_cpus=1)(_summarize)
         engagement = ray.put(plan.engagement)
+        notes = (plan.engagement_note,) if plan.engagement_note else ()
         pending: dict[str, ray.ObjectRef] = {}
         outcomes: dict[str, LectureOutcome] = {}
         for lecture in plan.todo:
@@ -602,7 +660,9 @@ def run(plan: NightPlan) -> NightResult:
                 error = "changed after an earlier run tonight processed it; it is processed on the next night"
                 outcomes[lecture.video_id] = LectureOutcome(lecture, "failed", error)
             else:
-                pending[lecture.video_id] = task.remote(night_output, row, plan.night, run_id, engagement)
+                pending[lecture.video_id] = task.remote(
+                    night_output, row, plan.night, run_id, engagement, notes
+                )
         for lecture in plan.todo:
             if lecture.video_id in pending:
                 faces = uri_of(night_output.fs, night_output.faces_path(lecture.video_id))
@@ -620,6 +680,8 @@ def run(plan: NightPlan) -> NightResult:
             reports,
             index,
             title=f"Lectures of {plan.night.isoformat()}",
+            notes=[plan.engagement_note] if plan.engagement_note else [],
+            links=[(f"../{COURSES_FILE}", "Every night's lectures, by course")],
             storage_options=night_output.storage_options,
         )
     failures = night_output.join(FAILURES_FILE)
@@ -634,6 +696,7 @@ def run(plan: NightPlan) -> NightResult:
     }
     files.write_bytes(night_output.fs, failures, (json.dumps(listed, indent=1) + "\n").encode())
     _record(plan, run_id, lectures)
+    courses = write_course_view(plan)
     result = NightResult(
         plan.night,
         run_id,
@@ -643,6 +706,8 @@ def run(plan: NightPlan) -> NightResult:
         plan.waiting,
         plan.processed_before,
         uri_of(night_output.fs, failures),
+        plan.engagement_note,
+        courses,
     )
     for line in result.describe():
         (log.warning if line.startswith("failed") else log.info)(line)
@@ -671,3 +736,60 @@ def _record(plan: NightPlan, run_id: str, lectures: Sequence[LectureOutcome]) ->
         [_read_processed(root), pa.Table.from_pylist(rows, schema=schema.NIGHTLY_PROCESSED)]
     )
     root.write_table(root.join(NIGHTLY_DIR, PROCESSED_FILE), table)
+
+
+# -- the course view -----------------------------------------------------------------------------------
+
+
+def _course(video_id: str) -> str:
+    return posixpath.dirname(video_id) or "(no folder)"
+
+
+def write_course_view(plan: NightPlan) -> str:
+    """Rebuild OUT/courses.html (see the module docstring); returns its URI."""
+    root = Output(plan.config.output, plan.config.extract.storage_options)
+    summaries: dict[str, dict[str, Any]] = {}  # video_id: its latest night's lecture row
+    for path in sorted(root.fs.glob(root.join("date=*", SUMMARIES, "lectures", "*.parquet"))):
+        for row in pq.read_table(path, filesystem=root.fs).to_pylist():
+            summaries[row["video_id"]] = row  # date=YYYY-MM-DD sorts by night: the latest wins
+    classes = list(
+        dict.fromkeys(
+            k.removeprefix("share_") for r in summaries.values() for k in r if k.startswith("share_")
+        )
+    )
+    latest = {r["video_id"]: r for r in _read_processed(root).sort_by("finished_at").to_pylist()}
+    lectures = []
+    for video_id, tried in latest.items():
+        night = tried["night"].isoformat()
+        row = summaries.get(video_id)
+        if tried["status"] == "ok" and row is not None:
+            lectures.append(
+                report.CourseLecture(
+                    _course(video_id),
+                    video_id,
+                    "ok",
+                    row["night"].isoformat(),
+                    duration_s=row["duration_s"],
+                    faces=row["faces"],
+                    engagement=row["engagement_mean"],
+                    shares={c: row.get(f"share_{c}") for c in classes},
+                    href=urllib.parse.quote(
+                        f"date={row['night'].isoformat()}/{REPORTS}/{video_key(video_id)}.html", safe="/="
+                    ),
+                )
+            )
+        elif tried["status"] != "ok":
+            lectures.append(
+                report.CourseLecture(_course(video_id), video_id, "failed", night, tried["error"])
+            )
+    lectures += [
+        report.CourseLecture(_course(w.video_id), w.video_id, "waiting", None, w.reason)
+        for w in plan.waiting
+        if w.video_id not in latest
+    ]
+    unscored = any(x.status == "ok" and x.engagement is None for x in lectures)
+    note = "Engagement shows - where no engagement model scored the lecture (its night's page says why)."
+    text = report.course_page(lectures, classes, "Lectures by course", note=note if unscored else "")
+    path = root.join(COURSES_FILE)
+    files.write_bytes(root.fs, path, text.encode())
+    return uri_of(root.fs, path)

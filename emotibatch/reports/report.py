@@ -1,10 +1,11 @@
 """HTML reports of an extract output: one self-contained file a person opens from disk or from a bucket.
 
 A report holds no script and makes no request: plots are inline SVG drawn by matplotlib (offline), tables
-are plain HTML, styles are inline. It shows the run (inputs ok and failed with their errors, frames,
-faces, tracks, throughput, models and options, the emotions found) and, per video, emotions, valence and
-arousal (MTL models), faces per sampled frame and one lane per track over time, plus engagement and
-predictions when their outputs are given.
+are plain HTML, styles are inline. It leads with the answer: what happened to the reported inputs (the
+failed ones with their errors), the emotions found, the videos; then, per video, its charts first
+(emotions, valence and arousal for MTL models, faces per sampled frame, one lane per track over time,
+engagement and predictions when their outputs are given) with its track table collapsed below them. The
+runs, models and options come last, collapsed: few readers need them.
 
 Faces are personal data: a report shows none unless asked for thumbnails, small crops of each track's
 best-scoring face read from the source video, embedded as JPEG (the only images a report holds).
@@ -13,7 +14,8 @@ Plots scale to hour-long lectures: consecutive sampled frames are pooled into at
 for display only; tables and counts use every row. Faces are read one video at a time, never `features`.
 
 Rendering is pure: `summarize_video` (faces table -> `VideoSummary`), `video_section`,
-`overview_sections`, `page` and `index_page` take tables and return HTML. `write_report` and
+`overview_sections`, `page`, `index_page` and `course_page` (the nightly job's course view) take tables
+and return HTML. `write_report` and
 `write_index` read, call them and write through fsspec (a path may be a bucket URI): a nightly job calls
 those two.
 """
@@ -63,7 +65,9 @@ from emotibatch.reports.summary import summarize_engagement, tracks_of, window_s
 
 __all__ = [
     "ENGAGEMENT_COLUMNS",
+    "CourseLecture",
     "Section",
+    "course_page",
     "index_page",
     "overview_sections",
     "page",
@@ -110,6 +114,7 @@ th{background:#f1f3f6}td.n{text-align:right;font-variant-numeric:tabular-nums}
 .alert{background:#fdecee;border-left:4px solid #b00020;padding:6px 10px}
 .muted{color:#5f6368;font-size:.9em}figure{margin:.3em 0}figcaption{font-size:.9em}
 svg{max-width:100%;height:auto}td img{display:block}
+details{margin:.6em 0}summary{cursor:pointer;color:#1a56b0;font-weight:600;padding:4px 0}
 .swatch{display:inline-block;width:.8em;height:.8em;border-radius:2px;margin-right:.3em}
 """
 
@@ -692,7 +697,14 @@ def video_section(
         ("tracks", row.get("tracks")),
         ("decode / inference", f"{_number(row.get('decode_s'))} s / {_number(row.get('infer_s'))} s"),
     ]
-    parts = [_key_values(facts)]
+    line = (
+        f"{_moment(row.get('duration_s'), row.get('duration_s') or 0.0)} of video · "
+        f"{_number(row.get('faces'))} faces in {_number(row.get('tracks'))} tracks · "
+        if row["status"] == "ok"
+        else ""
+    ) + _e(row.get("source_uri"))
+    parts = [f'<p class="muted">{line}</p>']
+    tracks = ""
     if row["status"] != "ok":
         parts.append(
             f'<p class="alert">This input failed, so it has no faces: {_e(row.get("error") or "no error recorded")}</p>'
@@ -701,15 +713,21 @@ def video_section(
         sampled = _number(row.get("frames_sampled"))
         parts.append(f'<p class="note">No faces were found in this video ({sampled} sampled frames).</p>')
     else:
-        parts.append(_faces_html(summary, thumbnails))
+        charts, tracks = _faces_html(summary, thumbnails)
+        parts.append(charts)
     end_s = summary.end_s if summary else float(row.get("duration_s") or 1.0)
     if engagement is not None:
         parts.append(_engagement_html(engagement, end_s))
     parts += [_predictions_html(table, title, end_s) for title, table in predictions]
+    shown = f"the {len(summary.tracks)} tracks and " if summary is not None else ""
+    parts.append(
+        f"<details><summary>Details: {shown}the video</summary>{tracks}{_key_values(facts)}</details>"
+    )
     return Section(anchor, f"Video {row['video_id']}", "".join(parts))
 
 
-def _faces_html(summary: VideoSummary, thumbnails: Mapping[int, str] | str | None) -> str:
+def _faces_html(summary: VideoSummary, thumbnails: Mapping[int, str] | str | None) -> tuple[str, str]:
+    """The charts, and the table of tracks (collapsed by the caller: it can be 50 rows long)."""
     palette = colors(summary.classes)
     bins = (
         f"means over {summary.frames_per_bin} consecutive frames for display"
@@ -778,8 +796,7 @@ def _faces_html(summary: VideoSummary, thumbnails: Mapping[int, str] | str | Non
         cells += [_number(t.valence, 2), _number(t.arousal, 2)] if with_va else []
         rows.append(cells)
     numeric = [i for i, h in enumerate(headers) if h in ("faces", "share", "valence", "arousal")]
-    parts.append(_table(headers, rows, numeric))
-    return "".join(parts)
+    return "".join(parts), _table(headers, rows, numeric)
 
 
 def _flatten(settings: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
@@ -809,70 +826,94 @@ def overview_sections(
     classes: Sequence[str],
     provenance: schema.Provenance | None,
 ) -> list[Section]:
-    """The run's sections: totals and runs, models and options, failed inputs, emotions, videos.
+    """The report's own sections: what happened, emotions, videos, then the run's details.
 
-    `shown` maps the reported videos' ids to their anchors; `counts` are their faces per emotion and
-    `dominant` their most frequent emotions; `provenance` is a faces file's (None without faces files).
+    They cover the reported videos only (`shown` maps their ids to anchors; every video when empty), so
+    a one-lecture page is about that lecture. The last section, the runs, models and options, is
+    collapsed: a page puts it after the video sections. `counts` are the faces per emotion and
+    `dominant` each video's most frequent emotion; `provenance` is a faces file's (None without one).
     """
-    rows = sorted(videos.to_pylist(), key=lambda r: r["video_id"])
+    rows = sorted(
+        (r for r in videos.to_pylist() if not shown or r["video_id"] in shown), key=lambda r: r["video_id"]
+    )
+    runs_ = sorted(runs.to_pylist(), key=lambda r: r["started_at"]) if runs is not None else []
+    return [
+        _what_happened(rows, counts),
+        _emotions_section(counts, classes, len(rows)),
+        _videos_section(rows, shown, dominant),
+        _run_section(runs_, classes, provenance),
+    ]
+
+
+def _failure_causes(failed: Sequence[Mapping[str, Any]]) -> str:
+    """The failed inputs' errors, most frequent first: "cannot decode (broken); not found (2: a, b)"."""
+    by_error: dict[str, list[str]] = {}
+    for r in failed:
+        by_error.setdefault(r["error"] or "no error recorded", []).append(r["video_id"])
+    causes = sorted(by_error.items(), key=lambda c: -len(c[1]))
+    shown = [
+        f"{error} ({len(ids)}: {', '.join(ids[:3])}{', …' if len(ids) > 3 else ''})"
+        if len(ids) > 1
+        else f"{error} ({ids[0]})"
+        for error, ids in causes[:3]
+    ]
+    more = f"; and {len(causes) - 3} other errors" if len(causes) > 3 else ""
+    return "; ".join(shown) + more
+
+
+def _what_happened(rows: list[dict], counts: Mapping[str, int]) -> Section:
+    """The answer first: how many inputs, which failed and why, how much video and how many faces."""
     ok = [r for r in rows if r["status"] == "ok"]
     failed = [r for r in rows if r["status"] != "ok"]
-    runs_ = sorted(runs.to_pylist(), key=lambda r: r["started_at"]) if runs is not None else []
-    sections = [_run_section(rows, ok, failed, runs_)]
-
-    settings = json.loads(runs_[-1]["settings"]) if runs_ else {}
-
-    def model(given: str | None, sha256: str | None) -> str:
-        return "-" if not given else f"{given} (sha256 {sha256})" if sha256 else given
-
-    if provenance is not None:
-        emotion = model(provenance.model, provenance.model_sha256)
-        detector = model(provenance.detector, provenance.detector_sha256)
-    else:  # no faces file (every video failed): the run's settings still name the models
-        emotion, detector = model(settings.get("model"), None), model(settings.get("detector"), None)
-    facts = [("emotion model", emotion), ("face detector", detector), ("classes", ", ".join(classes) or "-")]
-    body = [_key_values(facts)]
-    if runs_:
-        body.append(f"<h3>Options of run {_e(runs_[-1]['run_id'])}</h3>")
-        body.append(
-            '<p class="muted">As the run recorded them; credentials were removed before they were stored.</p>'
-        )
-        body.append(_key_values(_flatten(settings)))
-        differ = [r["run_id"] for r in runs_[:-1] if r["settings"] != runs_[-1]["settings"]]
-        if differ:
-            body.append(f'<p class="note">Earlier runs used other options: {_e(", ".join(differ))}.</p>')
-    sections.append(Section("models", "Models and options", "".join(body)))
-
+    mostly = max(counts, key=counts.get) if counts else "-"
+    totals: list[tuple[str, object]] = [
+        ("inputs", len(rows)),
+        ("ok", len(ok)),
+        ("failed", Raw(f'<span class="failed">{len(failed):,}</span>') if failed else 0),
+        ("video time", _clock(sum(r["duration_s"] or 0.0 for r in ok))),
+        ("frames sampled", sum(r["frames_sampled"] or 0 for r in ok)),
+        ("faces", sum(r["faces"] or 0 for r in ok)),
+        ("tracks", sum(r["tracks"] or 0 for r in ok)),
+        ("mostly", mostly),
+    ]
     if failed:
         body = [
-            f'<p class="alert">{len(failed)} of {len(rows)} inputs failed: they have no faces. A rerun retries them.</p>',
+            f'<p class="alert">{len(failed):,} of {len(rows):,} inputs failed: {_e(_failure_causes(failed))}. '
+            "A rerun retries them.</p>",
+            _table([k for k, _ in totals], [[v for _, v in totals]], range(len(totals))),
             _table(
                 ["video", "source", "error"],
                 [(r["video_id"], r["source_uri"], r["error"] or "-") for r in failed],
             ),
         ]
     else:
-        body = [f'<p class="ok">All {len(rows)} inputs were processed.</p>']
-    sections.append(Section("failed", "Failed inputs", "".join(body)))
-
-    total = sum(counts.values())
-    if total:
-        palette = colors(classes)
-        caption = (
-            f"Faces per emotion (each face's most likely class) over the {len(shown)} videos of this report."
-        )
-        rows_ = [
-            (_swatch(palette[c], c), counts.get(c, 0), f"{100 * counts.get(c, 0) / total:.1f}%")
-            for c in classes
-        ]
         body = [
-            _figure_html(_distribution_figure(counts, classes, palette), caption),
-            _table(["emotion", "faces", "share"], rows_, (1, 2)),
+            f'<p class="ok">All {len(rows):,} inputs were processed.</p>',
+            _table([k for k, _ in totals], [[v for _, v in totals]], range(len(totals))),
         ]
-    else:
-        body = ['<p class="note">No faces were found in the videos of this report.</p>']
-    sections.append(Section("emotions", "Emotions", "".join(body)))
+    return Section("overview", "What happened", "".join(body))
 
+
+def _emotions_section(counts: Mapping[str, int], classes: Sequence[str], videos: int) -> Section:
+    total = sum(counts.values())
+    if not total:
+        return Section(
+            "emotions", "Emotions", '<p class="note">No faces were found in the videos of this report.</p>'
+        )
+    palette = colors(classes)
+    caption = f"Faces per emotion (each face's most likely class) over the {videos} videos of this report."
+    rows = [
+        (_swatch(palette[c], c), counts.get(c, 0), f"{100 * counts.get(c, 0) / total:.1f}%") for c in classes
+    ]
+    table = _table(["emotion", "faces", "share"], rows, (1, 2))
+    body = (
+        _figure_html(_distribution_figure(counts, classes, palette), caption)
+        + f"<details><summary>The numbers</summary>{table}</details>"
+    )
+    return Section("emotions", "Emotions", body)
+
+
+def _videos_section(rows: list[dict], shown: Mapping[str, str], dominant: Mapping[str, str]) -> Section:
     table_rows = []
     for r in rows:
         name = _e(r["video_id"])
@@ -901,55 +942,57 @@ def overview_sections(
         "decode s",
         "inference s",
     ]
-    sections.append(Section("videos", "Videos", _table(headers, table_rows, (2, 3, 4, 5, 7, 8))))
-    return sections
+    return Section("videos", "Videos", _table(headers, table_rows, (2, 3, 4, 5, 7, 8)))
 
 
-def _run_section(rows: list[dict], ok: list[dict], failed: list[dict], runs: list[dict]) -> Section:
-    totals: list[tuple[str, object]] = [
-        ("inputs", len(rows)),
-        ("ok", len(ok)),
-        ("failed", Raw(f'<span class="failed">{len(failed):,}</span>') if failed else 0),
-        ("video time", _clock(sum(r["duration_s"] or 0.0 for r in ok))),
-        ("frames decoded", sum(r["frame_count"] or 0 for r in ok)),
-        ("frames sampled", sum(r["frames_sampled"] or 0 for r in ok)),
-        ("faces", sum(r["faces"] or 0 for r in ok)),
-        ("tracks", sum(r["tracks"] or 0 for r in ok)),
-    ]
+def _run_section(runs: list[dict], classes: Sequence[str], provenance: schema.Provenance | None) -> Section:
+    """The runs that made the output, the models and the options, collapsed: few readers need them."""
+    settings = json.loads(runs[-1]["settings"]) if runs else {}
+
+    def model(given: str | None, sha256: str | None) -> str:
+        return "-" if not given else f"{given} (sha256 {sha256})" if sha256 else given
+
+    if provenance is not None:
+        emotion = model(provenance.model, provenance.model_sha256)
+        detector = model(provenance.detector, provenance.detector_sha256)
+    else:  # no faces file (every video failed): the run's settings still name the models
+        emotion, detector = model(settings.get("model"), None), model(settings.get("detector"), None)
+    facts = [("emotion model", emotion), ("face detector", detector), ("classes", ", ".join(classes) or "-")]
+    body = ["<h3>Models</h3>", _key_values(facts)]
     if not runs:
-        note = '<p class="note">This output has no runs/ table: no run records, throughput or options.</p>'
-        return Section("run", "Run", _key_values(totals) + note)
-    wall = sum(r["wall_s"] for r in runs)
-    totals += [
-        ("frames per second", _number(sum(r["frames_sampled"] for r in runs) / wall) if wall else "-"),
-        ("faces per second", _number(sum(r["faces"] for r in runs) / wall) if wall else "-"),
-    ]
-    headers = [
-        "run",
-        "started (UTC)",
-        "wall",
-        "ok",
-        "failed",
-        "skipped",
-        "frames decoded",
-        "frames sampled",
-        "faces",
-        "tracks",
-        "frames/s",
-        "faces/s",
-    ]
-    keys = (
-        "videos_ok",
-        "videos_failed",
-        "videos_skipped",
-        "frames_decoded",
-        "frames_sampled",
-        "faces",
-        "tracks",
-    )
-    table = _table(
-        headers,
-        [
+        body.append(
+            '<p class="note">This output has no runs/ table: no run records, throughput or options.</p>'
+        )
+    else:
+        wall = sum(r["wall_s"] for r in runs)
+        throughput = [
+            ("frames per second", _number(sum(r["frames_sampled"] for r in runs) / wall) if wall else "-"),
+            ("faces per second", _number(sum(r["faces"] for r in runs) / wall) if wall else "-"),
+        ]
+        keys = (
+            "videos_ok",
+            "videos_failed",
+            "videos_skipped",
+            "frames_decoded",
+            "frames_sampled",
+            "faces",
+            "tracks",
+        )
+        headers = [
+            "run",
+            "started (UTC)",
+            "wall",
+            "ok",
+            "failed",
+            "skipped",
+            "frames decoded",
+            "frames sampled",
+            "faces",
+            "tracks",
+            "frames/s",
+            "faces/s",
+        ]
+        rows = [
             (
                 r["run_id"],
                 f"{r['started_at']:%Y-%m-%d %H:%M:%S}",
@@ -959,11 +1002,26 @@ def _run_section(rows: list[dict], ok: list[dict], failed: list[dict], runs: lis
                 _number(r["faces_per_s"]),
             )
             for r in runs
-        ],
-        range(2, 12),
+        ]
+        body += [
+            "<h3>Runs</h3>",
+            '<p class="muted">Every input of each run, not only this report\'s. Skipped: finished by an '
+            "earlier run. Throughput: sampled frames and faces per second of wall time.</p>",
+            _table(headers, rows, range(2, 12)),
+            _key_values(throughput),
+            f"<h3>Options of run {_e(runs[-1]['run_id'])}</h3>",
+            '<p class="muted">As the run recorded them; credentials were removed before they were stored.</p>',
+            _key_values(_flatten(settings)),
+        ]
+        differ = [r["run_id"] for r in runs[:-1] if r["settings"] != runs[-1]["settings"]]
+        if differ:
+            body.append(f'<p class="note">Earlier runs used other options: {_e(", ".join(differ))}.</p>')
+    summary = f"{len(runs)} run{'s' if len(runs) != 1 else ''}, the models and the options (click to open)"
+    return Section(
+        "models",
+        "Runs, models and options",
+        f"<details><summary>{_e(summary)}</summary>{''.join(body)}</details>",
     )
-    note = '<p class="muted">Skipped: finished by an earlier run. Throughput: sampled frames and faces per second of wall time.</p>'
-    return Section("run", "Run", _key_values(totals) + "<h3>Runs</h3>" + table + note)
 
 
 def page(title: str, sections: Sequence[Section], *, summary: Mapping[str, Any], subtitle: str = "") -> str:
@@ -1031,6 +1089,7 @@ def build_report(
     predictions: Sequence[str | pa.Table] = (),
     engagement: str | pa.Table | None = None,
     thumbnails: bool = False,
+    notes: Sequence[str] = (),
     storage_options: dict | None = None,
 ) -> str:
     """The report of `extract_dir` as HTML text (see `write_report`)."""
@@ -1103,6 +1162,8 @@ def build_report(
     overview = overview_sections(
         table, runs, shown=anchors, counts=counts, dominant=dominant, classes=classes, provenance=provenance
     )
+    said = "".join(f'<p class="note">{_e(n)}</p>' for n in notes)
+    lead = Section(overview[0].anchor, overview[0].title, overview[0].body + said)
     reported = [rows[v] for v in chosen]
     summary_ = {
         "title": chosen[0] if len(chosen) == 1 else posixpath.basename(redact_uri(extract_dir).rstrip("/")),
@@ -1119,7 +1180,10 @@ def build_report(
     privacy = "includes face thumbnails: personal data" if thumbnails else "no face images (see --thumbnails)"
     subtitle = f"Extract output {summary_['extract']} · generated {summary_['generated']} by emotibatch {__version__} · {privacy}"
     return page(
-        f"emotibatch report: {summary_['title']}", overview + sections, summary=summary_, subtitle=subtitle
+        f"emotibatch report: {summary_['title']}",
+        [lead, *overview[1:-1], *sections, overview[-1]],
+        summary=summary_,
+        subtitle=subtitle,
     )
 
 
@@ -1131,6 +1195,7 @@ def write_report(
     predictions: str | pa.Table | Sequence[str | pa.Table] | None = None,
     engagement: str | pa.Table | None = None,
     thumbnails: bool = False,
+    notes: Sequence[str] = (),
     storage_options: dict | None = None,
 ) -> str:
     """Write the report of the extract output `extract_dir` (every video, or `videos`) to `html_path`.
@@ -1138,7 +1203,8 @@ def write_report(
     `predictions`: `emotibatch predict` outputs. `engagement`: rows of video_id, optional track_id (null:
     the whole room), window_start_s and window_end_s (optional) and one of `ENGAGEMENT_COLUMNS`, such as
     the nightly job's timelines. Each is a table, a Parquet file or a directory of Parquet files; paths
-    may be fsspec URIs (`storage_options` for all). Returns html_path.
+    may be fsspec URIs (`storage_options` for all). `notes` are said under what happened (the nightly job
+    says there when no engagement model ran). Returns html_path.
     """
     given = [predictions] if isinstance(predictions, str | pa.Table) else list(predictions or [])
     text = build_report(
@@ -1147,6 +1213,7 @@ def write_report(
         predictions=given,
         engagement=engagement,
         thumbnails=thumbnails,
+        notes=notes,
         storage_options=storage_options,
     )
     _write_text(html_path, text, storage_options)
@@ -1162,8 +1229,15 @@ def report_summary(text: str) -> dict[str, Any] | None:
     return json.loads(html.unescape(match.group(1))) if match else None
 
 
-def index_page(reports: Sequence[tuple[str, Mapping[str, Any]]], title: str) -> str:
-    """A page linking reports, given as (href, summary) in order, with the numbers a person scans for."""
+def index_page(
+    reports: Sequence[tuple[str, Mapping[str, Any]]],
+    title: str,
+    *,
+    notes: Sequence[str] = (),
+    links: Sequence[tuple[str, str]] = (),
+) -> str:
+    """A page linking reports, given as (href, summary) in order, with the numbers a person scans for;
+    `notes` are said above the table, `links` ((href, text)) lead to related pages."""
     rows = [
         (
             Raw(f'<a href="{_e(href)}">{_e(s.get("title") or href)}</a>'),
@@ -1179,7 +1253,9 @@ def index_page(reports: Sequence[tuple[str, Mapping[str, Any]]], title: str) -> 
         for href, s in reports
     ]
     failed = sum(s.get("failed") or 0 for _, s in reports)
-    body = f'<p class="alert">{failed:,} inputs failed: see the reports marked in red.</p>' if failed else ""
+    body = "".join(f'<p><a href="{_e(href)}">{_e(text)}</a></p>' for href, text in links)
+    body += "".join(f'<p class="note">{_e(n)}</p>' for n in notes)
+    body += f'<p class="alert">{failed:,} inputs failed: see the reports marked in red.</p>' if failed else ""
     headers = ["report", "videos", "ok", "failed", "duration", "faces", "tracks", "mostly", "generated"]
     body += (
         _table(headers, rows, (1, 2, 3, 4, 5, 6)) if rows else '<p class="note">No reports were found.</p>'
@@ -1190,16 +1266,136 @@ def index_page(reports: Sequence[tuple[str, Mapping[str, Any]]], title: str) -> 
     )
 
 
+@dataclass(frozen=True)
+class CourseLecture:
+    """One lecture of the course view: its latest outcome over every night so far."""
+
+    course: str
+    lecture: str
+    status: str  # ok, failed or waiting
+    night: str | None  # the night of its latest try (None: waiting, never tried)
+    why: str | None = None  # the error of a failed lecture, the reason a waiting one waits
+    duration_s: float | None = None
+    faces: int | None = None
+    engagement: float | None = None
+    shares: Mapping[str, float | None] | None = None  # share of face time per emotion (ok lectures)
+    href: str | None = None  # its report
+
+
+def course_page(
+    lectures: Sequence[CourseLecture], classes: Sequence[str], title: str, *, note: str = ""
+) -> str:
+    """One section per course: each lecture's emotion shares (and engagement, where a model ran) over the
+    semester, with the lectures that failed or still wait, in lecture order."""
+    palette = colors(classes)
+    courses: dict[str, list[CourseLecture]] = {}
+    for x in sorted(lectures, key=lambda x: (x.course, x.lecture)):
+        courses.setdefault(x.course, []).append(x)
+    sections = []
+    for i, (course, rows) in enumerate(courses.items(), 1):
+        ok = [x for x in rows if x.status == "ok" and x.shares]
+        parts = [
+            f'<p class="muted">{len(rows)} lectures: {len(ok)} summarised, '
+            f"{sum(x.status == 'failed' for x in rows)} failed, {sum(x.status == 'waiting' for x in rows)} waiting.</p>"
+        ]
+        if ok:
+            parts.append(
+                _figure_html(
+                    _shares_figure([(x.lecture, x.shares) for x in ok], classes, palette),
+                    "Share of face time per emotion in each lecture (each face's most likely class).",
+                )
+            )
+            scored = [x for x in ok if x.engagement is not None]
+            if scored:
+                parts.append(
+                    _figure_html(
+                        _engagement_by_lecture([(x.lecture, x.engagement) for x in scored]),
+                        "Engagement of each lecture: the mean of its timeline (see the nightly job).",
+                    )
+                )
+        table = [
+            (
+                Raw(f'<a href="{_e(x.href)}">{_e(x.lecture)}</a>') if x.href else x.lecture,
+                x.night or "-",
+                Raw('<span class="muted">waiting</span>') if x.status == "waiting" else _status(x.status),
+                _clock(x.duration_s),
+                x.faces,
+                _number(x.engagement, 2),
+                max(x.shares, key=lambda c: x.shares[c] or 0.0) if x.shares else "-",
+                *(
+                    f"{100 * x.shares[c]:.0f}%" if x.shares and x.shares.get(c) is not None else "-"
+                    for c in classes
+                ),
+                x.why or "",
+            )
+            for x in rows
+        ]
+        headers = [
+            "lecture",
+            "night",
+            "status",
+            "duration",
+            "faces",
+            "engagement",
+            "mostly",
+            *classes,
+            "note",
+        ]
+        parts.append(_table(headers, table, range(3, 7 + len(classes))))
+        sections.append(Section(f"c{i}", f"Course {course}", "".join(parts)))
+    if not sections:
+        sections.append(Section("c0", "Courses", '<p class="note">No lecture was found yet.</p>'))
+    if note:
+        first = sections[0]
+        sections[0] = Section(first.anchor, first.title, f'<p class="note">{_e(note)}</p>' + first.body)
+    summary = {"title": title, "courses": len(courses), "lectures": len(lectures)}
+    return page(
+        title, sections, summary=summary, subtitle=f"{len(lectures)} lectures in {len(courses)} courses"
+    )
+
+
+def _shares_figure(
+    lectures: Sequence[tuple[str, Mapping[str, float | None]]],
+    classes: Sequence[str],
+    palette: Mapping[str, str],
+) -> Figure:
+    fig, ax = _figure(0.9 + 0.26 * len(lectures))
+    left = np.zeros(len(lectures))
+    for c in classes:
+        values = np.array([shares.get(c) or 0.0 for _, shares in lectures])
+        ax.barh(range(len(lectures)), values, left=left, color=palette[c], label=c)
+        left += values
+    ax.set_yticks(range(len(lectures)), [name for name, _ in lectures], fontsize=8)
+    ax.set_ylim(len(lectures) - 0.5, -0.5)
+    ax.set_xlim(0, 1)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{100 * x:.0f}%"))
+    ax.set_xlabel("share of face time")
+    _legend(fig)
+    return fig
+
+
+def _engagement_by_lecture(lectures: Sequence[tuple[str, float]]) -> Figure:
+    fig, ax = _figure(2.4)
+    ax.plot(range(len(lectures)), [v for _, v in lectures], marker="o", color="#08306b")
+    ax.set_xticks(range(len(lectures)), [name for name, _ in lectures], fontsize=8, rotation=30, ha="right")
+    ax.set_ylabel("engagement")
+    ax.grid(True, color="#e6e6e6", linewidth=0.6)
+    return fig
+
+
 def write_index(
     night_dir_or_list: str | Sequence[str],
     html_path: str,
     *,
     title: str | None = None,
+    notes: Sequence[str] = (),
+    links: Sequence[tuple[str, str]] = (),
     storage_options: dict | None = None,
 ) -> str:
     """Write a page linking reports: every report under a directory (searched recursively; other HTML
     is skipped), or the given report paths in order. Links are relative where a report shares the
-    index's filesystem, so the pages open from disk and from a bucket alike. Returns html_path."""
+    index's filesystem, so the pages open from disk and from a bucket alike. `notes` and `links` go
+    above the table (see `index_page`). Returns html_path."""
     options = storage_options or {}
     fs, index = open_fs(html_path, options)
     if isinstance(night_dir_or_list, str):
@@ -1219,5 +1415,5 @@ def write_index(
             href = urllib.parse.quote(posixpath.relpath(report, base)) if same else redact_uri(path)
             reports.append((href, summary))
     name = title or f"emotibatch reports: {posixpath.basename(base) or base}"
-    _write_text(html_path, index_page(reports, name), storage_options)
+    _write_text(html_path, index_page(reports, name, notes=notes, links=links), storage_options)
     return html_path

@@ -11,6 +11,7 @@ LastModified and known by their ETag.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import subprocess
@@ -27,6 +28,9 @@ import ray
 import s3fs
 from click.testing import CliRunner
 from jobs_helpers import KEY_ID, ROOT, SECRET, make_lecture, set_age, write_engagement_head
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "report"))
+from pages import Page
 
 from emotibatch import nightly
 from emotibatch.cli import cli
@@ -111,6 +115,20 @@ def test_each_lecture_once_failures_retried_uploads_waited(tmp_path: Path, model
     assert all(
         f"reports/{name.replace('%', '%25')}" in index or f"reports/{name}" in index for name in reports
     )
+    assert '<a href="../courses.html">' in index and "No engagement model ran" not in index
+    # A lecture's page is about that lecture: one input, not the night's three.
+    week1_page = Page.read(night1 / "reports" / f"{video_key('course1/week1.mp4')}.html")
+    assert week1_page.sections["overview"].rows(0)[0]["inputs"] == "1"
+    assert [r["video"] for r in week1_page.sections["videos"].rows(0)] == ["course1/week1.mp4"]
+    courses = {s.text[0]: s.rows(0) for s in Page.read(out / "courses.html").sections.values()}
+    assert {c: [(r["lecture"], r["status"]) for r in rows] for c, rows in courses.items()} == {
+        "Course course1": [("course1/week1.mp4", "ok"), ("course1/week2.mp4", "ok")],
+        "Course course2": [
+            ("course2/broken.mp4", "failed"),
+            ("course2/unmarked.mp4", "waiting"),
+            ("course2/young.mp4", "waiting"),
+        ],
+    }
 
     # Summaries of one lecture: 4 sampled frames with 2 faces each, 2 tracks too short for the head.
     lecture = _table(night1 / "summaries/lectures").to_pylist()
@@ -169,6 +187,19 @@ def test_each_lecture_once_failures_retried_uploads_waited(tmp_path: Path, model
         "course3/new.mp4": "ok",
     }
     assert (third.waiting, third.processed_before) == ((), 2)
+    courses = {s.text[0]: s.rows(0) for s in Page.read(out / "courses.html").sections.values()}
+    assert {c: {r["lecture"]: (r["night"], r["status"]) for r in rows} for c, rows in courses.items()} == {
+        "Course course1": {
+            "course1/week1.mp4": ("2026-03-01", "ok"),
+            "course1/week2.mp4": ("2026-03-01", "ok"),
+        },
+        "Course course2": {
+            "course2/broken.mp4": ("2026-03-03", "ok"),
+            "course2/unmarked.mp4": ("2026-03-03", "ok"),
+            "course2/young.mp4": ("2026-03-03", "ok"),
+        },
+        "Course course3": {"course3/new.mp4": ("2026-03-03", "ok")},
+    }
     assert json.loads((out / "date=2026-03-03/failures.json").read_text())["failures"] == []
 
     # A rerun of night 3: nothing to do, nothing written.
@@ -209,6 +240,13 @@ def test_job_exits_0_with_a_failed_lecture_2_on_bad_usage_3_with_strict(
     result = CliRunner().invoke(cli, ["nightly", *args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "2 lectures tried (1 ok, 1 failed)" in result.output and "failed bad.mp4: " in result.output
+    # No --engagement-model: the pretrained head is tried, but the stand-in emotion model's features are
+    # not enet_b0's, so the night says plainly that none ran, in its output, its index and its pages.
+    said = "No engagement model ran: EmotiEffLib's engagement_single_attention cannot be used"
+    assert said in result.output
+    night = out / "date=2026-04-01"
+    pages = [night / "index.html", *(night / "reports").glob("*.html")]
+    assert len(pages) == 2 and all(said in html.unescape(page.read_text()) for page in pages)
     failures = json.loads((out / "date=2026-04-01/failures.json").read_text())["failures"]
     assert [f["video_id"] for f in failures] == ["bad.mp4"]
 

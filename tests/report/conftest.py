@@ -26,6 +26,7 @@ from emotibatch.config import ExtractConfig
 from emotibatch.extract import pipeline
 from emotibatch.extract.decode import Sampling
 from emotibatch.extract.output import Output
+from emotibatch.inference.registry import CLASSES_8
 from emotibatch.reports import report
 from emotibatch.testing import samples
 
@@ -97,6 +98,27 @@ def lecture(tmp_path_factory: pytest.TempPathFactory, mtl_path: Path, scrfd_path
     return Lecture(d / "out", video)
 
 
+# A course view: two courses over a semester, with a failed and a waiting lecture.
+COURSE_LECTURES = [
+    report.CourseLecture(
+        f"course{c}",
+        f"course{c}/week{w:02d}.mp4",
+        "ok",
+        f"2026-03-{w:02d}",
+        duration_s=5400.0,
+        faces=20_000,
+        engagement=0.4 + 0.03 * w if c == 1 else None,
+        shares=dict(zip(CLASSES_8, np.random.default_rng(w).dirichlet(np.ones(8)))),
+        href="no_faces/report.html",
+    )
+    for c in (1, 2)
+    for w in range(1, 13)
+] + [
+    report.CourseLecture("course2", "course2/week13.mp4", "failed", "2026-03-13", "cannot decode"),
+    report.CourseLecture("course2", "course2/week14.mp4", "waiting", None, "no completion marker .done yet"),
+]
+
+
 @pytest.fixture(scope="session")
 def reports(tmp_path_factory: pytest.TempPathFactory, synthetic: Path) -> dict[str, Path]:
     """Pages of the synthetic output: the whole run, one video without faces, one failed input, and an
@@ -112,6 +134,8 @@ def reports(tmp_path_factory: pytest.TempPathFactory, synthetic: Path) -> dict[s
         ),
     }
     made["index"] = report.write_index(str(night), str(night / "index.html"))
+    made["courses"] = str(night / "courses.html")
+    Path(made["courses"]).write_text(report.course_page(COURSE_LECTURES, CLASSES_8, "Lectures by course"))
     return {name: Path(path) for name, path in made.items()}
 
 

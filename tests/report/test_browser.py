@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 from devtools import Browser, save_png
 
-PAGES = ("synthetic", "no_faces", "failed_input", "index", pytest.param("lecture", marks=pytest.mark.slow))
+PAGES = (
+    "synthetic",
+    "no_faces",
+    "failed_input",
+    "index",
+    "courses",
+    pytest.param("lecture", marks=pytest.mark.slow),
+)
+SCREEN = {"x": 0, "y": 0, "width": 1280, "height": 900}  # devtools.Browser's window
 
 
 def _not_blank(pixels: np.ndarray) -> bool:
@@ -39,3 +47,17 @@ def test_report_opens_offline_without_errors(
     for ident, clip in sections:
         assert clip["height"] > 20, ident
         assert _not_blank(browser.screenshot(clip)), f"section {ident} renders blank"
+
+
+def test_the_first_screen_shows_what_happened_and_the_options_are_collapsed(
+    browser: Browser, reports: dict[str, Path], tmp_path: Path
+) -> None:
+    """In a 1280x900 window: the totals, the failed input's error and the emotions start on the first
+    screen; the runs, models and options, last, are one closed line until opened."""
+    browser.open(reports["synthetic"].resolve().as_uri())
+    save_png(browser.screenshot(SCREEN), tmp_path / "first_screen.png")  # kept for a person to look at
+    boxes = dict(browser.boxes("section"))
+    assert boxes["overview"]["y"] < 200 and boxes["emotions"]["y"] < SCREEN["height"]
+    assert boxes["overview"]["y"] + boxes["overview"]["height"] < SCREEN["height"]  # the failure table too
+    assert boxes["models"]["y"] == max(b["y"] for b in boxes.values())
+    assert boxes["models"]["height"] < 100  # heading and summary line: the options table is closed

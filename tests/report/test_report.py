@@ -33,24 +33,50 @@ def _self_contained(page: Page) -> None:
 def test_run_overview_tables_hold_the_run(reports: dict[str, Path]) -> None:
     page = Page.read(reports["synthetic"])
     _self_contained(page)
-    totals = page.sections["run"].key_values(0)
+    totals = page.sections["overview"].rows(0)[0]
     assert (totals["inputs"], totals["ok"], totals["failed"]) == ("3", "2", "1")
     assert (totals["frames sampled"], totals["faces"], totals["tracks"]) == ("600", "900", "3")
-    assert totals["frames per second"] == "5.0"  # 600 sampled frames in the run's 120 s
-    (run,) = page.sections["run"].rows(1)
+    details = page.sections["models"]
+    assert details.key_values(0)["classes"] == ", ".join(CLASSES_8)
+    (run,) = details.rows(1)
     assert (run["run"], run["failed"], run["faces/s"]) == ("run-1", "1", "7.5")
-    assert page.sections["models"].key_values(0)["classes"] == ", ".join(CLASSES_8)
-    assert page.sections["models"].key_values(1)["storage_options.key"] == "<redacted>"
+    assert details.key_values(2)["frames per second"] == "5.0"  # 600 sampled frames in the run's 120 s
+    assert details.key_values(3)["storage_options.key"] == "<redacted>"
 
-    (failed,) = page.sections["failed"].rows(0)
+    (failed,) = page.sections["overview"].rows(1)
     assert (failed["video"], failed["error"]) == ("broken", "cannot decode")
-    assert page.sections["failed"].says("1 of 3 inputs failed")
+    # The banner names the cause, not a guess ("they have no faces").
+    assert page.sections["overview"].says(
+        "1 of 3 inputs failed: cannot decode (broken). A rerun retries them."
+    )
 
     emotions = {r["emotion"]: int(r["faces"]) for r in page.sections["emotions"].rows(0)}
     assert list(emotions) == list(CLASSES_8) and sum(emotions.values()) == 900
     videos = {r["video"]: r for r in page.sections["videos"].rows(0)}
     assert videos["lecture"]["faces"] == "900" and videos["broken"]["status"] == "failed"
-    assert videos["lecture"]["mostly"] == max(emotions, key=emotions.get)
+    assert videos["lecture"]["mostly"] == max(emotions, key=emotions.get) == totals["mostly"]
+
+
+def test_the_page_leads_with_the_answer_and_ends_with_the_options_collapsed(reports: dict[str, Path]) -> None:
+    """What happened, emotions, videos, each video; then runs, models and options inside <details>."""
+    text = reports["synthetic"].read_text()
+    ids = re.findall(r'<section id="([^"]+)">', text)
+    assert ids == ["overview", "emotions", "videos", "v1", "v2", "v3", "models"]
+    options = text[text.index('<section id="models">') :]
+    assert options.index("<details>") < options.index("<table")
+    lecture = text[text.index('<section id="v3">') : text.index('<section id="models">')]
+    # The video leads with its charts; its track table (up to MAX_TRACKS rows) is collapsed below them.
+    assert lecture.index("<svg") < lecture.index("<details>") < lecture.index("<table")
+
+
+def test_failure_causes_are_grouped_most_frequent_first() -> None:
+    failed = [
+        {"video_id": v, "error": e}
+        for v, e in [("a", "not found"), ("b", "cannot decode"), ("c", "not found"), ("d", None)]
+    ]
+    assert report._failure_causes(failed) == "not found (2: a, c); cannot decode (b); no error recorded (d)"
+    many = [{"video_id": f"v{i}", "error": f"error {i % 5}"} for i in range(10)]
+    assert report._failure_causes(many).endswith("; and 2 other errors")
 
 
 def test_video_sections_show_tracks_and_say_what_is_missing(
@@ -58,21 +84,24 @@ def test_video_sections_show_tracks_and_say_what_is_missing(
 ) -> None:
     page = Page.read(reports["synthetic"])
     lecture, empty, broken = (page.sections[a] for a in ("v3", "v2", "v1"))
-    assert lecture.key_values(0)["faces"] == "900"
-    tracks = lecture.rows(1)
+    assert lecture.key_values(-1)["faces"] == "900"
+    tracks = lecture.rows(-2)
     assert [t["track"] for t in tracks] == ["#0", "#1", "#2"] and {t["faces"] for t in tracks} == {"300"}
     assert lecture.says("This emotion model has no valence and arousal heads")
     assert empty.says("No faces were found in this video (300 sampled frames)")
     assert broken.says("This input failed, so it has no faces: cannot decode")
 
     alone = Page.read(reports["no_faces"])
-    assert set(alone.sections) == {"run", "models", "failed", "emotions", "videos", "v1"}
+    assert set(alone.sections) == {"overview", "emotions", "videos", "v1", "models"}
     assert alone.sections["v1"].says("No faces were found") and alone.sections["emotions"].says(
         "No faces were found"
     )
+    # A one-video page is about that video, not about the run's other inputs.
+    assert alone.sections["overview"].rows(0)[0]["inputs"] == "1"
+    assert [r["video"] for r in alone.sections["videos"].rows(0)] == ["empty_room"]
     failed = Page.read(reports["failed_input"])
-    assert failed.sections["v1"].says("This input failed") and failed.sections["failed"].says(
-        "1 of 3 inputs failed"
+    assert failed.sections["v1"].says("This input failed") and failed.sections["overview"].says(
+        "1 of 1 inputs failed: cannot decode (broken)"
     )
 
 
@@ -110,11 +139,11 @@ def test_a_real_extract_shows_valence_arousal_redacted_options_and_tracks(lectur
     text = lecture_report.read_text()
     assert SECRET not in text
     page = Page.read(lecture_report)
-    options = page.sections["models"].key_values(1)
+    options = page.sections["models"].key_values(3)
     assert options["sampling.mode"] == "fps" and options["storage_options.secret"] == "<redacted>"
     video = next(s for s in page.sections.values() if s.says("Video lecture"))
     assert video.says("Valence and arousal") and not video.says("no valence and arousal heads")
-    tracks = video.rows(1)
+    tracks = video.rows(-2)
     # --fps 5 samples frames 0, 5, ..., 45: track 0 is in all 10, track 1 (frames 10-40) in 7, track 2 in 6.
     assert [(t["track"], t["faces"], t["first seen"]) for t in tracks] == [
         ("#0", "10", "0.0 s"),
@@ -132,7 +161,7 @@ def test_long_lecture_plots_are_pooled_not_the_tables(tmp_path: Path) -> None:
     text = Path(path).read_text()
     assert len(text) < 1_500_000
     page = Page(text)
-    assert [t["faces"] for t in page.sections["v1"].rows(1)] == ["36,000", "36,000"]
+    assert [t["faces"] for t in page.sections["v1"].rows(-2)] == ["36,000", "36,000"]
     assert page.sections["v1"].says("means over 36 consecutive frames for display")
     assert page.sections["v1"].says("1:00:00")  # the time axis reads in h:mm:ss
 
