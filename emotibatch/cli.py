@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from emotibatch import nightly
+from emotibatch import nightly, progress
 from emotibatch.clips import classify
 from emotibatch.clips.aggregate import POOLS, Recipe, aggregate
 from emotibatch.clips.labels import DAISEE_TARGETS
@@ -113,9 +113,38 @@ def models_pull(names: tuple[str, ...], to: str | None, sha256: str | None, stor
 
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_FAILED = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a job stopped by Ctrl-C
+
+
+@contextlib.contextmanager
+def resumable() -> Iterator[None]:
+    """Ctrl-C stops the run cleanly (the library releases the output's lease and writes the run's row on
+    the way out), says how to go on, and exits 130 rather than click's "Aborted!" with 1."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo("interrupted: run the same command again to resume; finished videos are kept", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+verbose_option = click.option(
+    "--verbose", is_flag=True, help="Show Ray's own logs, warnings and progress bars (off: only errors)."
+)
+progress_interval_option = click.option(
+    "--progress-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=progress.PLAIN_INTERVAL_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="Seconds between progress lines when stderr is not a terminal (logs, `ray job submit`).",
+)
 
 
 def _sampling(fps: float | None, every: int | None, all_frames: bool) -> Sampling:
+    if fps is not None and not fps > 0:
+        raise click.UsageError(f"--fps must be > 0, got {fps}")
+    if every is not None and every < 1:
+        raise click.UsageError(f"--every must be >= 1, got {every}")
     chosen = [
         name for name, value in (("--fps", fps), ("--every", every), ("--all-frames", all_frames)) if value
     ]
@@ -188,7 +217,11 @@ def _sampling(fps: float | None, every: int | None, all_frames: bool) -> Samplin
 )
 @click.option("--overwrite", is_flag=True, help="Replace an output made with other settings.")
 @storage_options_option
-def extract(inputs: tuple[str, ...], fps, every, all_frames, storage_options, **options) -> None:
+@verbose_option
+@progress_interval_option
+def extract(
+    inputs: tuple[str, ...], fps, every, all_frames, storage_options, verbose, progress_interval, **options
+) -> None:
     """Detect faces and their emotions in INPUT... (videos, folders, globs, URIs or CSV/Parquet manifests).
 
     Reruns with the same arguments skip finished videos, retry failed ones and never duplicate rows.
@@ -206,8 +239,8 @@ def extract(inputs: tuple[str, ...], fps, every, all_frames, storage_options, **
         plan = pipeline.prepare(config)
     except (ValueError, RuntimeError, OSError) as exc:
         raise click.UsageError(clean_text(str(exc))) from None
-    with library_errors():
-        result = pipeline.run(plan)
+    with resumable(), library_errors(), progress.for_stream(sys.stderr, progress_interval) as shown:
+        result = pipeline.run(plan, shown, verbose=verbose)
     _summary(result)
     sys.exit(EXIT_SOME_FAILED if result.failed else EXIT_OK)
 
@@ -579,6 +612,8 @@ NIGHTLY_EXTRACT_OPTIONS = (
 )
 @click.option("--date", "night", type=click.DateTime(["%Y-%m-%d"]), help="The night (default: today, UTC).")
 @click.option("--strict", is_flag=True, help="Exit 3 when some lecture failed.")
+@verbose_option
+@progress_interval_option
 def nightly_command(
     prefix: str,
     output: str,
@@ -589,6 +624,8 @@ def nightly_command(
     engagement_window: float,
     night: datetime.datetime | None,
     strict: bool,
+    verbose: bool,
+    progress_interval: float,
     **options,
 ) -> None:
     """Extract and summarise the new, fully uploaded lectures under PREFIX (a directory or any fsspec URI).
@@ -599,7 +636,7 @@ def nightly_command(
     """
     try:
         config = nightly.NightlyConfig(
-            ExtractConfig(inputs=(prefix,), output=output, sampling=Sampling("fps", fps), **options),
+            ExtractConfig(inputs=(prefix,), output=output, sampling=_sampling(fps, None, False), **options),
             settle_minutes=settle_minutes,
             completion_marker=completion_marker,
             engagement_model=engagement_model,
@@ -609,8 +646,8 @@ def nightly_command(
         plan = nightly.prepare(config)
     except (ValueError, RuntimeError, OSError) as exc:
         raise click.UsageError(str(exc)) from None
-    with library_errors():
-        result = nightly.run(plan)
+    with resumable(), library_errors(), progress.for_stream(sys.stderr, progress_interval) as shown:
+        result = nightly.run(plan, shown, verbose=verbose)
     for line in result.describe():
         click.echo(line)
     sys.exit(EXIT_SOME_FAILED if strict and result.failed else EXIT_OK)
