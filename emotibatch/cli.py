@@ -31,10 +31,14 @@ from emotibatch.reports.report import write_report
 
 
 @contextlib.contextmanager
-def library_errors() -> Iterator[None]:
-    """Turn library errors into a one-line CLI error (exit 1) instead of a traceback."""
+def library_errors(*, usage: tuple[type[Exception], ...] = (ValueError,)) -> Iterator[None]:
+    """Turn library errors into a one-line CLI error instead of a traceback: exit 2 for `usage` errors (the
+    library's ValueError: a missing labels file, a folder that is not an extract output, an unknown video),
+    1 for the rest."""
     try:
         yield
+    except usage as exc:
+        raise click.UsageError(clean_text(str(exc))) from exc
     except (ValueError, RuntimeError, OSError) as exc:
         raise click.ClickException(clean_text(str(exc))) from exc
 
@@ -239,7 +243,7 @@ def extract(
         plan = pipeline.prepare(config)
     except (ValueError, RuntimeError, OSError) as exc:
         raise click.UsageError(clean_text(str(exc))) from None
-    with resumable(), library_errors(), progress.for_stream(sys.stderr, progress_interval) as shown:
+    with resumable(), library_errors(usage=()), progress.for_stream(sys.stderr, progress_interval) as shown:
         result = pipeline.run(plan, shown, verbose=verbose)
     _summary(result)
     sys.exit(EXIT_SOME_FAILED if result.failed else EXIT_OK)
@@ -393,7 +397,13 @@ def aggregate_command(
     type=click.Choice(sorted(classify.ESTIMATORS)),
     help="One of the task's kind (default: afew linearsvc, vgaf svc-rbf, engagewild ridge, others logistic).",
 )
-@click.option("--folds", type=int, default=5, show_default=True, help="Cross-validation folds without --val.")
+@click.option(
+    "--folds",
+    type=click.IntRange(min=2),
+    default=5,
+    show_default=True,
+    help="Cross-validation folds without --val.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @address_option
 @local_option
@@ -646,7 +656,7 @@ def nightly_command(
         plan = nightly.prepare(config)
     except (ValueError, RuntimeError, OSError) as exc:
         raise click.UsageError(str(exc)) from None
-    with resumable(), library_errors(), progress.for_stream(sys.stderr, progress_interval) as shown:
+    with resumable(), library_errors(usage=()), progress.for_stream(sys.stderr, progress_interval) as shown:
         result = nightly.run(plan, shown, verbose=verbose)
     for line in result.describe():
         click.echo(line)
