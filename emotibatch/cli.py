@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from emotibatch import nightly
+from emotibatch import nightly, progress
 from emotibatch.clips import abaw, abaw_heads, classify
 from emotibatch.clips.aggregate import POOLS, Recipe, aggregate
 from emotibatch.clips.labels import DAISEE_TARGETS
@@ -31,10 +31,14 @@ from emotibatch.reports.report import write_report
 
 
 @contextlib.contextmanager
-def library_errors() -> Iterator[None]:
-    """Turn library errors into a one-line CLI error (exit 1) instead of a traceback."""
+def library_errors(*, usage: tuple[type[Exception], ...] = (ValueError,)) -> Iterator[None]:
+    """Turn library errors into a one-line CLI error instead of a traceback: exit 2 for `usage` errors (the
+    library's ValueError: a missing labels file, a folder that is not an extract output, an unknown video),
+    1 for the rest."""
     try:
         yield
+    except usage as exc:
+        raise click.UsageError(clean_text(str(exc))) from exc
     except (ValueError, RuntimeError, OSError) as exc:
         raise click.ClickException(clean_text(str(exc))) from exc
 
@@ -113,9 +117,38 @@ def models_pull(names: tuple[str, ...], to: str | None, sha256: str | None, stor
 
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_FAILED = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a job stopped by Ctrl-C
+
+
+@contextlib.contextmanager
+def resumable() -> Iterator[None]:
+    """Ctrl-C stops the run cleanly (the library releases the output's lease and writes the run's row on
+    the way out), says how to go on, and exits 130 rather than click's "Aborted!" with 1."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo("interrupted: run the same command again to resume; finished videos are kept", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+
+
+verbose_option = click.option(
+    "--verbose", is_flag=True, help="Show Ray's own logs, warnings and progress bars (off: only errors)."
+)
+progress_interval_option = click.option(
+    "--progress-interval",
+    type=click.FloatRange(min=0, min_open=True),
+    default=progress.PLAIN_INTERVAL_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="Seconds between progress lines when stderr is not a terminal (logs, `ray job submit`).",
+)
 
 
 def _sampling(fps: float | None, every: int | None, all_frames: bool) -> Sampling:
+    if fps is not None and not fps > 0:
+        raise click.UsageError(f"--fps must be > 0, got {fps}")
+    if every is not None and every < 1:
+        raise click.UsageError(f"--every must be >= 1, got {every}")
     chosen = [
         name for name, value in (("--fps", fps), ("--every", every), ("--all-frames", all_frames)) if value
     ]
@@ -191,7 +224,11 @@ def _sampling(fps: float | None, every: int | None, all_frames: bool) -> Samplin
 )
 @click.option("--overwrite", is_flag=True, help="Replace an output made with other settings.")
 @storage_options_option
-def extract(inputs: tuple[str, ...], fps, every, all_frames, storage_options, **options) -> None:
+@verbose_option
+@progress_interval_option
+def extract(
+    inputs: tuple[str, ...], fps, every, all_frames, storage_options, verbose, progress_interval, **options
+) -> None:
     """Detect faces and their emotions in INPUT... (videos, images, folders, globs, URIs or CSV/Parquet
     manifests).
 
@@ -210,8 +247,8 @@ def extract(inputs: tuple[str, ...], fps, every, all_frames, storage_options, **
         plan = pipeline.prepare(config)
     except (ValueError, RuntimeError, OSError) as exc:
         raise click.UsageError(clean_text(str(exc))) from None
-    with library_errors():
-        result = pipeline.run(plan)
+    with resumable(), library_errors(usage=()), progress.for_stream(sys.stderr, progress_interval) as shown:
+        result = pipeline.run(plan, shown, verbose=verbose)
     _summary(result)
     sys.exit(EXIT_SOME_FAILED if result.failed else EXIT_OK)
 
@@ -376,7 +413,13 @@ def aggregate_command(
     type=click.Choice(sorted(classify.ESTIMATORS)),
     help="One of the task's kind (default: afew linearsvc, vgaf svc-rbf, engagewild ridge, others logistic).",
 )
-@click.option("--folds", type=int, default=5, show_default=True, help="Cross-validation folds without --val.")
+@click.option(
+    "--folds",
+    type=click.IntRange(min=2),
+    default=5,
+    show_default=True,
+    help="Cross-validation folds without --val.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @smooth_option
 @address_option
@@ -672,6 +715,8 @@ NIGHTLY_EXTRACT_OPTIONS = (
 )
 @click.option("--date", "night", type=click.DateTime(["%Y-%m-%d"]), help="The night (default: today, UTC).")
 @click.option("--strict", is_flag=True, help="Exit 3 when some lecture failed.")
+@verbose_option
+@progress_interval_option
 def nightly_command(
     prefix: str,
     output: str,
@@ -682,6 +727,8 @@ def nightly_command(
     engagement_window: float,
     night: datetime.datetime | None,
     strict: bool,
+    verbose: bool,
+    progress_interval: float,
     **options,
 ) -> None:
     """Extract and summarise the new, fully uploaded lectures under PREFIX (a directory or any fsspec URI).
@@ -692,7 +739,7 @@ def nightly_command(
     """
     try:
         config = nightly.NightlyConfig(
-            ExtractConfig(inputs=(prefix,), output=output, sampling=Sampling("fps", fps), **options),
+            ExtractConfig(inputs=(prefix,), output=output, sampling=_sampling(fps, None, False), **options),
             settle_minutes=settle_minutes,
             completion_marker=completion_marker,
             engagement_model=engagement_model,
@@ -702,8 +749,8 @@ def nightly_command(
         plan = nightly.prepare(config)
     except (ValueError, RuntimeError, OSError) as exc:
         raise click.UsageError(str(exc)) from None
-    with library_errors():
-        result = nightly.run(plan)
+    with resumable(), library_errors(usage=()), progress.for_stream(sys.stderr, progress_interval) as shown:
+        result = nightly.run(plan, shown, verbose=verbose)
     for line in result.describe():
         click.echo(line)
     sys.exit(EXIT_SOME_FAILED if strict and result.failed else EXIT_OK)

@@ -8,6 +8,7 @@ in every worker that runs it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 
@@ -25,15 +26,41 @@ def start_local_ray(**options) -> None:
     ray.init(include_dashboard=False, _system_config={"num_workers_soft_limit": IDLE_WORKERS}, **options)
 
 
+def quiet(verbose: bool) -> dict:
+    """Silence Ray's own output unless `verbose`; return the ray.init options that do the rest.
+
+    What a person cannot act on: Ray Data's progress bars (block units, a total that shrinks; "tqdm is not
+    installed" without tqdm) and its execution plan, the memory detector's hint, Ray's start-up and
+    token-auth warnings (loggers under `ray`), and what workers and the raylet print (object-store
+    spilling, each with an ANSI-coloured prefix). Errors still surface: a failed video says why in its own
+    row, and a failed job raises. `--verbose` keeps all of it, as Ray sets it.
+    """
+    from ray.data import DataContext
+    from ray.data._internal.issue_detection.detectors import HighMemoryIssueDetector
+
+    level = logging.INFO if verbose else logging.ERROR
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(level)
+    context = DataContext.get_current()
+    context.enable_progress_bars = verbose
+    context.print_on_execution_start = verbose
+    detection = context.issue_detectors_config
+    if not verbose:
+        detection.detectors = [d for d in detection.detectors if d is not HighMemoryIssueDetector]
+    return {"log_to_driver": verbose, "logging_level": level}
+
+
 @contextlib.contextmanager
-def connected(address: str | None) -> Iterator[None]:
+def connected(address: str | None, *, verbose: bool = False) -> Iterator[None]:
     """Connect to the Ray cluster at `address` (or RAY_ADDRESS, as inside `ray job submit`), else start an
-    embedded local Ray (`start_local_ray`); do nothing when already connected. Disconnects what it opened."""
+    embedded local Ray (`start_local_ray`); do nothing when already connected. Ray's own output is off
+    unless `verbose` (`quiet`). Disconnects what it opened."""
     started = not ray.is_initialized()
+    options = quiet(verbose)
     if started and (address or os.environ.get("RAY_ADDRESS")):
-        ray.init(address=address)
+        ray.init(address=address, **options)
     elif started:
-        start_local_ray()
+        start_local_ray(**options)
     try:
         yield
     finally:

@@ -623,8 +623,11 @@ def prepare(config: NightlyConfig) -> NightPlan:
     return NightPlan(config, night, tuple(todo), tuple(waiting), before, extract, engagement, engagement_note)
 
 
-def run(plan: NightPlan) -> NightResult:
-    """Extract, summarise and record tonight's lectures (see the module docstring); log a summary."""
+def run(
+    plan: NightPlan, progress: pipeline.Progress = pipeline.SILENT, *, verbose: bool = False
+) -> NightResult:
+    """Extract, summarise and record tonight's lectures (see the module docstring), telling `progress` how
+    the extract goes (Ray's own output off unless `verbose`); log a summary."""
     if plan.extract is None:
         result = NightResult(
             plan.night,
@@ -642,8 +645,8 @@ def run(plan: NightPlan) -> NightResult:
         return result
     night_output = Output(plan.extract.config.output, plan.extract.config.storage_options)
     run_id = plan.extract.run_id
-    with cluster.connected(plan.config.extract.address):
-        pipeline.execute(plan.extract)
+    with cluster.connected(plan.config.extract.address, verbose=verbose):
+        pipeline.execute(plan.extract, progress)
         videos = {r["video_id"]: r for r in night_output.read_tables("videos").to_pylist()}
         task = ray.remote(num_cpus=1)(_summarize)
         engagement = ray.put(plan.engagement)

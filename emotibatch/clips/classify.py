@@ -238,6 +238,13 @@ class ClipModel(BaseEstimator):
                 raise ValueError(f"{given.source}: {given.kind} labels, but task {self.task} is {kind}")
         train = _labelled(descriptors, labels)
         self.join_, self.val_join_ = train.report, None
+        videos = len(set(train.groups))
+        if val is None and videos < self.n_splits:
+            raise ValueError(
+                f"{len(train.y)} labelled clips with faces from {videos} videos ({train.report}): too few "
+                f"for {self.n_splits}-fold cross-validation grouped by video; lower --folds (at least 2) or "
+                "give validation labels (--val)"
+            )
         if len(train.y) < self.n_splits or (kind == "classification" and len(set(train.y)) < 2):
             raise ValueError(
                 f"{len(train.y)} labelled clips with faces ({train.report}): too few to fit and evaluate"

@@ -469,6 +469,7 @@ class Lease:
 
 def stage_block(block: pa.Table, output: Output, schema: pa.Schema) -> pa.Table:
     """Ray Data UDF: stage a block of per-frame results (cast to `schema`, whatever Ray Data made of
-    the block's types); pass on which frames it held."""
+    the block's types); pass on which frames it held, and their faces (for the driver's progress)."""
     output.stage(block.select(schema.names).cast(schema))
-    return block.select(["video_id", "frame_index"])
+    faces = pc.fill_null(pc.list_value_length(block["det_score"]), 0)
+    return pa.table({"video_id": block["video_id"], "frame_index": block["frame_index"], "faces": faces})

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import ray
 
 from emotibatch import __version__, schema
@@ -41,6 +42,7 @@ from emotibatch.extract.finalize import finalize_video
 from emotibatch.extract.output import Lease, Output, stage_block, video_key
 from emotibatch.inference.detect import FaceDetector
 from emotibatch.inference.embed import EmotionModel
+from emotibatch.inference.runtime import providers_for
 from emotibatch.io.redact import redact_uri
 from emotibatch.io.sources import VideoSource, list_sources
 from emotibatch.io.storage import one_line
@@ -70,6 +72,23 @@ class RunResult:
     @property
     def failed(self) -> list[dict]:
         return [v for v in self.videos if v["status"] == "failed"]
+
+
+class Progress:
+    """What the driver tells as it runs, for a person to watch (the CLI's display); silent here. Kept out of
+    the results: a run does the same with any progress."""
+
+    def planned(self, videos: int, frames: int) -> None:
+        """This run's work, once probed: `videos` to commit, `frames` sampled frames still to stage."""
+
+    def staged(self, frames: int, faces: int) -> None:
+        """`frames` more sampled frames staged, holding `faces` faces."""
+
+    def committed(self, videos: int) -> None:
+        """`videos` more videos' per-video passes ended (committed ok or failed)."""
+
+
+SILENT = Progress()
 
 
 # -- 2. probe and plan --------------------------------------------------------------------------------
@@ -155,6 +174,7 @@ def prepare(config: ExtractConfig) -> Plan:
     The output is leased before it is checked or cleared, so that --overwrite never deletes another
     run's work.
     """
+    providers_for(config.device)  # --device cuda without the CUDA provider: the install hint, before any work
     started = datetime.now(timezone.utc)
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     common = dict(device="cpu", model_dir=config.model_dir, storage_options=config.storage_options)
@@ -204,11 +224,12 @@ def extract(config: ExtractConfig) -> RunResult:
     return run(prepare(config))
 
 
-def run(plan: Plan) -> RunResult:
-    """Run a prepared job on the cluster `--address` names, or an embedded local Ray (cluster.connected)."""
+def run(plan: Plan, progress: Progress = SILENT, *, verbose: bool = False) -> RunResult:
+    """Run a prepared job on the cluster `--address` names, or an embedded local Ray (cluster.connected,
+    quiet unless `verbose`), telling `progress` how it goes."""
     try:
-        with connected(plan.config.address):
-            return execute(plan)
+        with connected(plan.config.address, verbose=verbose):
+            return execute(plan, progress)
     finally:
         plan.release()
 
@@ -253,35 +274,53 @@ def _staged_frames(plan: Plan, work: list[dict], jobs: list[VideoJob]) -> ray.da
     )
 
 
-def _extract_and_commit(plan: Plan, jobs: list[VideoJob]) -> list[dict]:
+def _extract_and_commit(plan: Plan, jobs: list[VideoJob], progress: Progress) -> list[dict]:
     """Steps 3 and 4: stream the pending segments through the chain, and start each video's per-video pass
     as soon as its last pending frame is staged (at once when nothing is pending; at the end when a
     segment failed, and the pass says why). Returns the videos rows in the order of `jobs`."""
     finalize = ray.remote(num_cpus=FINALIZE_CPUS)(finalize_video)
     committing: dict[str, ray.ObjectRef] = {}
+    running: list[ray.ObjectRef] = []  # passes started and not yet seen ending, for `progress`
     work, waiting = [], {}
     for job in jobs:
         segments = pending_segments(job, plan.output)
         work += [work_item(job, segment) for segment in segments]
         waiting[job.source.video_id] = (job, {i for segment in segments for i in segment.frame_indices})
+    progress.planned(len(jobs), sum(len(left) for _, left in waiting.values()))
 
     def commit(video_id: str, *, force: bool = False) -> None:
         """Start the video's pass once nothing of it is pending, or now when `force`d."""
         job, left = waiting[video_id]
         if video_id not in committing and (force or not left):
             committing[video_id] = finalize.remote(job, plan.output, plan.faces_schema, plan.run_id)
+            running.append(committing[video_id])
+
+    def ended() -> None:
+        """Tell `progress` of the passes that ended since last asked; waits for none."""
+        if running:
+            done, running[:] = ray.wait(running, num_returns=len(running), timeout=0, fetch_local=False)
+            if done:
+                progress.committed(len(done))
 
     for video_id in waiting:
         commit(video_id)
     if work:
         for staged in _staged_frames(plan, work, jobs).iter_batches(batch_size=None, batch_format="pyarrow"):
+            frames = 0
             for video_id, frame_index in zip(
                 staged["video_id"].to_pylist(), staged["frame_index"].to_pylist()
             ):
-                waiting[video_id][1].discard(frame_index)
+                left = waiting[video_id][1]
+                frames += frame_index in left
+                left.discard(frame_index)
                 commit(video_id)
+            progress.staged(frames, pc.sum(staged["faces"]).as_py() or 0)
+            ended()
     for video_id in waiting:
         commit(video_id, force=True)
+    while running:
+        done, running[:] = ray.wait(running, num_returns=1, fetch_local=False)
+        progress.committed(len(done))
     return [_committed_row(job, committing[job.source.video_id], plan.run_id) for job in jobs]
 
 
@@ -307,16 +346,16 @@ def _committed_row(job: VideoJob, ref: ray.ObjectRef, run_id: str) -> dict:
         }
 
 
-def execute(plan: Plan) -> RunResult:
-    """Run a prepared job on the current Ray cluster (see module docstring); return what it did. Releases
-    the plan's lease when it ends, also on an error."""
+def execute(plan: Plan, progress: Progress = SILENT) -> RunResult:
+    """Run a prepared job on the current Ray cluster (see module docstring), telling `progress` how it goes;
+    return what it did. Releases the plan's lease when it ends, also on an error or an interrupt."""
     try:
-        return _execute(plan)
+        return _execute(plan, progress)
     finally:
         plan.release()
 
 
-def _execute(plan: Plan) -> RunResult:
+def _execute(plan: Plan, progress: Progress) -> RunResult:
     config, output, sources, run_id = plan.config, plan.output, plan.sources, plan.run_id
     finished = output.finished()
     todo = [s for s in sources if s.video_id not in finished]
@@ -331,7 +370,7 @@ def _execute(plan: Plan) -> RunResult:
 
     skipped = len(sources) - len(todo)
     try:
-        rows = _extract_and_commit(plan, probe_all(todo, config) if todo else [])
+        rows = _extract_and_commit(plan, probe_all(todo, config) if todo else [], progress)
     except BaseException as exc:
         # The run still gets its row, saying what ended it; the exception goes on to the caller (exit 1).
         try:

@@ -181,9 +181,9 @@ def no_job(monkeypatch):
     [
         (["--model", "no_such_model"], "unknown model 'no_such_model'"),
         (["--detector", "no_such_detector"], "unknown model 'no_such_detector'"),
-        (["--fps", "0"], "sampling 'fps' needs a frame rate > 0"),
+        (["--fps", "0"], "--fps must be > 0"),
         (["--fps", "5", "--every", "2"], "choose one of --fps, --every, --all-frames"),
-        (["--every", "0"], "sampling 'every' needs an integer >= 1"),
+        (["--every", "0"], "--every must be >= 1"),
         (["--features-dtype", "float64"], "float64"),
         (["--segment-seconds", "0"], "--segment-seconds must be > 0"),
         (["--faces-cropped"], "--faces-cropped applies to --frame-folders inputs only"),

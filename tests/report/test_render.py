@@ -102,4 +102,4 @@ def test_render_refuses_what_it_cannot_show(
     result = CliRunner().invoke(
         cli, ["render", "lecture", "--extract", str(lecture.out), "-o", out, "--start", "2", "--end", "1"]
     )
-    assert result.exit_code == 1 and "need 0 <= --start < --end" in result.output
+    assert result.exit_code == 2 and "need 0 <= --start < --end" in result.output

@@ -276,4 +276,4 @@ def test_cli_report_writes_one_video_page_where_told(synthetic: Path, tmp_path: 
     assert result.output.strip() == f"report -> {target}"
     assert re.search(r"<title>emotibatch report: lecture</title>", target.read_text())
     result = CliRunner().invoke(cli, ["report", str(synthetic), "--video", "nope", "--html", str(target)])
-    assert result.exit_code == 1 and "has no video 'nope'" in result.output
+    assert result.exit_code == 2 and "has no video 'nope'" in result.output

@@ -90,7 +90,7 @@ def test_models_pull_sha256_pin(runner: CliRunner, cache: Path) -> None:
     assert json.loads((cache / "pins.json").read_text()) == {"det_10g": right}
 
 
-def test_models_pull_library_errors_exit_1_with_message(runner: CliRunner, offline_dir: Path) -> None:
+def test_models_pull_library_errors_exit_with_message(runner: CliRunner, offline_dir: Path) -> None:
     (offline_dir / "enet_b0_8_best_vgaf.onnx").write_bytes(ONNX)
     result = runner.invoke(cli, ["models", "pull", "enet_b0_8_best_vgaf"])
     assert result.exit_code == 1
@@ -99,7 +99,7 @@ def test_models_pull_library_errors_exit_1_with_message(runner: CliRunner, offli
     assert "Traceback" not in result.output
 
     result = runner.invoke(cli, ["models", "pull", "no_such_model"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # bad usage: an unknown name
     assert "registered models: enet_b0_8_best_vgaf" in result.output
 
 

@@ -33,7 +33,7 @@ def test_summary_prints_ids_paths_and_errors_literally(monkeypatch: pytest.Monke
     result = pipeline.RunResult("run[x]", OUTPUT, videos, RUN)
     # Only the job itself is replaced: the summary is what is under test.
     monkeypatch.setattr(pipeline, "prepare", lambda config: config)
-    monkeypatch.setattr(pipeline, "run", lambda plan: result)
+    monkeypatch.setattr(pipeline, "run", lambda plan, progress, verbose: result)
     got = CliRunner().invoke(cli, ["extract", "x.mp4", "-o", OUTPUT], env={"COLUMNS": "1000"})
     assert got.exit_code == EXIT_SOME_FAILED, got.output
     for video_id, error in FAILED.items():

@@ -401,7 +401,7 @@ def test_cli_fit_and_predict_report_label_joins_and_refuse_unusable_features(
             "--local",
         ],
     )
-    assert refused.exit_code == 1 and "emotion model 'enet_b2_8'" in refused.output
+    assert refused.exit_code == 2 and "emotion model 'enet_b2_8'" in refused.output
 
     none = tmp_path / "none"
     write_synthetic_extract(none, {"a": np.zeros(4)}, features_dtype="none")
@@ -420,4 +420,4 @@ def test_cli_fit_and_predict_report_label_joins_and_refuse_unusable_features(
             "--local",
         ],
     )
-    assert refused.exit_code == 1 and "--features-dtype none" in refused.output
+    assert refused.exit_code == 2 and "--features-dtype none" in refused.output

@@ -232,7 +232,7 @@ def test_the_heartbeat_renews_and_release_leaves_anothers_lease(tmp_path: Path, 
 
 @pytest.mark.parametrize("error", [RuntimeError("the job failed"), KeyboardInterrupt()])
 def test_execute_releases_the_lease_on_an_error(tmp_path: Path, monkeypatch, error: BaseException) -> None:
-    def fail(plan):
+    def fail(plan, progress):
         raise error
 
     monkeypatch.setattr(pipeline, "_execute", fail)
