@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import uuid
@@ -205,9 +206,14 @@ def extract(config: ExtractConfig) -> RunResult:
 
 
 def run(plan: Plan) -> RunResult:
-    """Run a prepared job on the cluster `--address` names, or an embedded local Ray (cluster.connected)."""
+    """Run a prepared job on the cluster `--address` names, or an embedded local Ray (cluster.connected).
+
+    A rerun that finds every input finished starts no Ray (seconds, not a cluster's start-up): it only
+    writes its runs row."""
     try:
-        with connected(plan.config.address):
+        finished = plan.output.finished()
+        idle = all(source.video_id in finished for source in plan.sources)
+        with contextlib.nullcontext() if idle else connected(plan.config.address):
             return execute(plan)
     finally:
         plan.release()
