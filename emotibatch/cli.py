@@ -1,4 +1,8 @@
-"""Thin command line over the library: each command parses, makes one library call and prints."""
+"""Thin command line over the library: each command parses, makes one library call and prints.
+
+The library (Ray, pyarrow, scikit-learn, the decoders) is imported inside the commands that use it:
+`emotibatch --help`, and a command that never needs Ray, do not pay seconds for importing it.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +11,17 @@ import datetime
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import click
-import pyarrow.parquet as pq
-from rich import box
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-from emotibatch import nightly
-from emotibatch.clips import classify
-from emotibatch.clips.aggregate import POOLS, Recipe, aggregate
-from emotibatch.clips.labels import DAISEE_TARGETS
-from emotibatch.config import ExtractConfig
-from emotibatch.demo import run_demo
-from emotibatch.extract import pipeline
-from emotibatch.extract.decode import Sampling
-from emotibatch.inference import registry
+from emotibatch.clips.labels import DAISEE_TARGETS, READERS
 from emotibatch.io.redact import clean_text, install_log_filter, redact_uri
-from emotibatch.reports.render import render_clip
-from emotibatch.reports.report import write_report
+
+if TYPE_CHECKING:
+    from emotibatch.extract import pipeline
+    from emotibatch.extract.decode import Sampling
 
 
 @contextlib.contextmanager
@@ -57,7 +51,31 @@ storage_options_option = click.option(
 )
 
 
-@click.group()
+class LazyChoice(click.Choice):
+    """A choice among a library module's names, imported when the choice is first shown or checked."""
+
+    def __init__(self, load: Callable[[], Iterable[str]]) -> None:
+        self._load = load
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(sorted(self._load()))
+
+
+def _pools() -> Iterable[str]:
+    from emotibatch.clips.aggregate import POOLS
+
+    return POOLS
+
+
+def _estimators() -> Iterable[str]:
+    from emotibatch.clips.classify import ESTIMATORS
+
+    return ESTIMATORS
+
+
+@click.group(context_settings={"show_default": True})
 @click.version_option(package_name="emotibatch")
 def cli() -> None:
     """Facial emotion recognition at cluster scale on Ray Data."""
@@ -73,6 +91,12 @@ def models() -> None:
 @models.command("list")
 def models_list() -> None:
     """Show the registered models and whether the cache holds them."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from emotibatch.inference import registry
+
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for header in ("name", "kind", "input", "classes", "dim", "VA", "cached"):
         table.add_column(header, no_wrap=True)
@@ -94,20 +118,27 @@ def models_list() -> None:
 @models.command("pull")
 @click.argument("names", nargs=-1, required=True)
 @click.option(
-    "--to", metavar="DIR_OR_URI", help="Also copy <name>.onnx there (for --model-dir on offline nodes)."
+    "--output",
+    "-o",
+    metavar="DIR_OR_URI",
+    help="Also copy <name>.onnx there (for --model-dir on offline nodes).",
 )
 @click.option("--sha256", metavar="HEX", help="Pin the sha256 of a model that has no published hash.")
 @storage_options_option
-def models_pull(names: tuple[str, ...], to: str | None, sha256: str | None, storage_options: dict) -> None:
+def models_pull(
+    names: tuple[str, ...], output: str | None, sha256: str | None, storage_options: dict
+) -> None:
     """Fetch and verify models into the cache, and optionally copy them to DIR_OR_URI."""
+    from emotibatch.inference import registry
+
     if sha256 and len(names) != 1:
         raise click.UsageError("--sha256 pins one model: give exactly one NAME")
     with library_errors():
         for name in names:
             if sha256:
                 registry.pin_sha256(name, sha256)
-            if to:
-                click.echo(f"{name}: {registry.export(name, to, storage_options=storage_options)}")
+            if output:
+                click.echo(f"{name}: {registry.export(name, output, storage_options=storage_options)}")
             else:
                 click.echo(f"{name}: {registry.resolve(name, storage_options=storage_options)}")
 
@@ -116,6 +147,8 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_FAILED = 0, 1, 2, 3
 
 
 def _sampling(fps: float | None, every: int | None, all_frames: bool) -> Sampling:
+    from emotibatch.extract.decode import Sampling
+
     chosen = [
         name for name, value in (("--fps", fps), ("--every", every), ("--all-frames", all_frames)) if value
     ]
@@ -136,36 +169,33 @@ def _sampling(fps: float | None, every: int | None, all_frames: bool) -> Samplin
 @click.option(
     "--output", "-o", required=True, metavar="DIR_OR_URI", help="Where faces/, videos/ and runs/ go."
 )
-@click.option(
-    "--model", default="enet_b0_8_best_vgaf", show_default=True, help="Emotion model: name, path or URI."
-)
-@click.option("--detector", default="det_10g", show_default=True, help="SCRFD detector: name, path or URI.")
+@click.option("--model", default="enet_b0_8_best_vgaf", help="Emotion model: name, path or URI.")
+@click.option("--detector", default="det_10g", help="SCRFD detector: name, path or URI.")
 @click.option("--model-dir", metavar="DIR_OR_URI", help="Where pulled models live (offline clusters).")
 @click.option("--fps", type=float, help="Sample the frame nearest to each k/F seconds from the video start.")
 @click.option("--every", type=int, help="Sample frames 0, N, 2N, ...")
 @click.option("--all-frames", is_flag=True, help="Every frame (the default; what ABAW annotations need).")
-@click.option(
-    "--segment-seconds", type=float, default=60.0, show_default=True, help="Split long videos into segments."
-)
+@click.option("--segment-seconds", type=float, default=60.0, help="Split long videos into segments.")
 @click.option(
     "--frame-folders", is_flag=True, help="Inputs are folders of frame images (00001.jpg = frame 0)."
 )
-@click.option(
-    "--frame-rate", type=float, default=30.0, show_default=True, help="Frame rate of frame folders."
-)
+@click.option("--frame-rate", type=float, default=30.0, help="Frame rate of frame folders.")
 @click.option("--faces-cropped", is_flag=True, help="Each frame-folder image is already a face crop.")
-@click.option("--min-face", type=int, default=0, show_default=True, help="Drop faces smaller than PX.")
-@click.option("--det-thresh", type=float, default=0.5, show_default=True, help="Face detection threshold.")
+@click.option("--min-face", type=int, default=0, help="Drop faces smaller than PX.")
+@click.option("--det-thresh", type=float, default=0.5, help="Face detection threshold.")
 @click.option("--max-faces", type=int, help="Keep the N highest-scoring faces per frame.")
+@click.option("--margin", type=float, default=0.0, help="Grow face boxes by this fraction.")
 @click.option(
-    "--margin", type=float, default=0.0, show_default=True, help="Grow face boxes by this fraction."
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    help="Where the models run (auto: CUDA where onnxruntime has it, else the CPU).",
 )
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--address", help="Ray cluster address (default: an embedded local Ray; `auto` in a Ray job).")
 @click.option("--workers", type=int, help="Face actors at most (default: one per GPU, or half the CPUs).")
 @click.option("--gpus-per-worker", type=float, help="GPUs per face actor (default 1 where GPUs exist).")
-@click.option("--cpus-per-worker", type=float, default=1.0, show_default=True, help="CPUs per face actor.")
-@click.option("--decode-cpus", type=float, default=1.0, show_default=True, help="CPUs per decode task.")
+@click.option("--cpus-per-worker", type=float, default=1.0, help="CPUs per face actor.")
+@click.option("--decode-cpus", type=float, default=1.0, help="CPUs per decode task.")
 @click.option(
     "--batch-size",
     type=int,
@@ -182,7 +212,6 @@ def _sampling(fps: float | None, every: int | None, all_frames: bool) -> Samplin
     "--features-dtype",
     type=click.Choice(["float32", "float16", "none"]),
     default="float32",
-    show_default=True,
     help="Store feature vectors as float32 or float16, or not at all (`none`: the backbones were trained "
     "for face identification, so features can re-identify people).",
 )
@@ -193,6 +222,9 @@ def extract(inputs: tuple[str, ...], fps, every, all_frames, storage_options, **
 
     Reruns with the same arguments skip finished videos, retry failed ones and never duplicate rows.
     """
+    from emotibatch.config import ExtractConfig
+    from emotibatch.extract import pipeline
+
     try:
         config = ExtractConfig(
             inputs=inputs,
@@ -216,6 +248,11 @@ def _summary(result: pipeline.RunResult) -> None:
     """The run's counts and each failed video, every user-given text (ids, paths, errors) printed literally:
     rich reads `[...]` in a plain string as markup (`lecture[red].mp4` would lose `[red]`, an error
     quoting `[/]` would crash the summary)."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
     run = result.run
     console = Console()
     table = Table(title=Text(f"run {result.run_id}"), box=box.SIMPLE_HEAD, show_header=False)
@@ -240,12 +277,17 @@ def _summary(result: pipeline.RunResult) -> None:
 
 
 @cli.command()
+@click.option("--output", "-o", "directory", default="emotibatch-demo", help="Where inputs and outputs go.")
 @click.option(
-    "--dir", "directory", default="emotibatch-demo", show_default=True, help="Where inputs and outputs go."
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="Where the models run."
 )
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 def demo(directory: str, device: str) -> None:
     """Make sample videos, run the whole job on them locally and show a few rows."""
+    import pyarrow.parquet as pq
+    from rich.console import Console
+
+    from emotibatch.demo import run_demo
+
     with library_errors():
         result = run_demo(directory, device=device)
     console = Console()
@@ -261,8 +303,11 @@ DEMO_COLUMNS = ["video_id", "frame_index", "timestamp_s", "face_index", "track_i
 
 
 REPORTED_FAILURES = 10
-address_option = click.option("--address", help="Ray cluster address (default: an embedded local Ray).")
-local_option = click.option("--local", is_flag=True, help="Run in this process without Ray (small outputs).")
+address_option = click.option(
+    "--address",
+    help="Ray cluster address. Without it (or RAY_ADDRESS) the work runs in this process, or on an embedded "
+    "local Ray from 1,000,000 face rows, where that gains (docs/benchmarks.md).",
+)
 windows_option = click.option(
     "--windows", type=float, metavar="SECONDS", help="One descriptor per window of SECONDS (timelines)."
 )
@@ -275,8 +320,8 @@ per_track_option = click.option(
 
 
 @cli.command("aggregate")
-@click.option("--features", required=True, metavar="DIR_OR_URI", help="An extract output (faces/, videos/).")
-@click.option("--recipe", required=True, type=click.Choice(sorted(POOLS)), help="EmotiEffLib's clip recipe.")
+@click.option("--extract", required=True, metavar="DIR_OR_URI", help="An extract output (faces/, videos/).")
+@click.option("--recipe", required=True, type=LazyChoice(_pools), help="EmotiEffLib's clip recipe.")
 @windows_option
 @window_step_option
 @per_track_option
@@ -284,10 +329,9 @@ per_track_option = click.option(
 @click.option("--output", "-o", required=True, metavar="DIR_OR_URI", help="Where the Parquet files go.")
 @click.option("--overwrite", is_flag=True, help="Replace the Parquet files already in --output.")
 @address_option
-@local_option
 @storage_options_option
 def aggregate_command(
-    features,
+    extract,
     recipe,
     windows,
     window_step,
@@ -296,26 +340,21 @@ def aggregate_command(
     output,
     overwrite,
     address,
-    local,
     storage_options,
 ) -> None:
-    """Clip descriptors (AFEW, VGAF or EngageWild recipe) from an extract output, streamed on Ray Data.
+    """Clip descriptors (AFEW, VGAF or EngageWild recipe) from an extract output.
 
     Clips without faces keep a row (has_faces false, null descriptor); videos the extract failed are skipped.
     """
+    from emotibatch.clips.aggregate import Recipe, aggregate
+
     try:
         chosen = Recipe(recipe, windows, window_step, per_track, emotion_probs)
     except ValueError as exc:
         raise click.UsageError(clean_text(str(exc))) from None
     with library_errors():
         result = aggregate(
-            features,
-            chosen,
-            output,
-            overwrite=overwrite,
-            storage_options=storage_options,
-            address=address,
-            local=local,
+            extract, chosen, output, overwrite=overwrite, storage_options=storage_options, address=address
         )
     click.echo(
         f"{result.rows} descriptor rows from {result.clips} clips ({result.clips_without_faces} without faces: "
@@ -325,53 +364,64 @@ def aggregate_command(
         click.echo(f"skipped failed video {video_id}: {error}")
     if len(result.failed) > REPORTED_FAILURES:
         click.echo(
-            f"... {len(result.failed)} failed videos in all (status failed in {redact_uri(features)}/videos)"
+            f"... {len(result.failed)} failed videos in all (status failed in {redact_uri(extract)}/videos)"
         )
 
 
-@cli.command("fit")
+def _label_formats() -> str:
+    """`fit --help`'s list of label formats: each reader's docstring, so that a new reader lists itself."""
+    return "\b\nLabel formats (--labels, --val), by --task:\n" + "\n".join(
+        f"  {task}: {' '.join((reader.__doc__ or '').split())}" for task, reader in sorted(READERS.items())
+    )
+
+
+@cli.command("fit", epilog=_label_formats())
 @click.option(
-    "--features", required=True, metavar="DIR_OR_URI", help="An extract output or an aggregate output."
+    "--extract", required=True, metavar="DIR_OR_URI", help="An extract output or an aggregate output."
 )
 @click.option(
     "--labels",
     "labels_path",
     required=True,
     metavar="PATH",
-    help="Labels in the corpus's format (AFEW: its folder).",
+    help="Labels in the task's format (below).",
 )
-@click.option("--task", required=True, type=click.Choice(sorted(classify.TASKS)))
-@click.option("--val", metavar="PATH", help="Validation labels (default: 5-fold cross-validation).")
 @click.option(
-    "--val-features",
-    metavar="DIR_OR_URI",
-    help="The validation clips' extract or aggregate output, if not in --features.",
+    "--task",
+    required=True,
+    type=click.Choice(sorted(READERS)),
+    help="The corpus whose labels and recipe to use (generic: a CSV of video_id,label).",
 )
-@click.option("--out", required=True, metavar="MODEL_DIR", help="Where model, card, metrics and plot go.")
+@click.option("--val", metavar="PATH", help="Validation labels (default: cross-validation, --folds).")
+@click.option(
+    "--val-extract",
+    metavar="DIR_OR_URI",
+    help="The validation clips' extract or aggregate output, if not in --extract.",
+)
+@click.option(
+    "--output", "-o", required=True, metavar="DIR", help="The classifier folder: model, card, metrics, plot."
+)
 @click.option(
     "--target", type=click.Choice(DAISEE_TARGETS), help="DAiSEE's label column (default engagement)."
 )
-@click.option(
-    "--recipe", type=click.Choice(sorted(POOLS)), help="The descriptors' recipe (default: the task's)."
-)
+@click.option("--recipe", type=LazyChoice(_pools), help="The descriptors' recipe (default: the task's).")
 @click.option("--emotion-probs", is_flag=True, help="Descriptors with emotion probabilities appended.")
 @click.option(
     "--estimator",
-    type=click.Choice(sorted(classify.ESTIMATORS)),
+    type=LazyChoice(_estimators),
     help="One of the task's kind (default: afew linearsvc, vgaf svc-rbf, engagewild ridge, others logistic).",
 )
-@click.option("--folds", type=int, default=5, show_default=True, help="Cross-validation folds without --val.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--folds", type=int, default=5, help="Cross-validation folds without --val.")
+@click.option("--seed", type=int, default=0, help="Seed of the folds and the estimator.")
 @address_option
-@local_option
 @storage_options_option
 def fit_command(
-    features,
+    extract,
     labels_path,
     task,
     val,
-    val_features,
-    out,
+    val_extract,
+    output,
     target,
     recipe,
     emotion_probs,
@@ -379,18 +429,19 @@ def fit_command(
     folds,
     seed,
     address,
-    local,
     storage_options,
 ) -> None:
-    """Fit the task's recipe model on labelled clip descriptors; evaluate; save it with skops to MODEL_DIR."""
+    """Fit the task's recipe model on labelled clip descriptors; evaluate; save it with skops to --output."""
+    from emotibatch.clips import classify
+
     with library_errors():
         model = classify.fit(
-            features,
+            extract,
             labels_path,
             task,
-            out,
+            output,
             val=val,
-            val_features=val_features,
+            val_features=val_extract,
             target=target,
             recipe=recipe,
             emotion_probs=emotion_probs,
@@ -399,53 +450,52 @@ def fit_command(
             seed=seed,
             storage_options=storage_options,
             address=address,
-            local=local,
         )
     click.echo(f"train labels: {model.join_}")
     if model.val_join_ is not None:
         click.echo(f"val labels: {model.val_join_}")
     scores = {k: v for k, v in model.metrics_.items() if isinstance(v, float)}
     click.echo(f"{model.metrics_['validation']}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
-    click.echo(f"model, card, metrics and plot in {out}")
+    click.echo(f"model, card, metrics and plot in {output}")
 
 
 @cli.command("predict")
 @click.option(
-    "--features", required=True, metavar="DIR_OR_URI", help="An extract output or an aggregate output."
+    "--extract", required=True, metavar="DIR_OR_URI", help="An extract output or an aggregate output."
 )
-@click.option("--model", "model_dir", required=True, metavar="MODEL_DIR", help="Made by `emotibatch fit`.")
-@click.option("--out", required=True, metavar="FILE_OR_URI", help="The predictions Parquet file.")
+@click.option(
+    "--classifier", required=True, metavar="DIR", help="A classifier folder written by `emotibatch fit`."
+)
+@click.option("--output", "-o", required=True, metavar="FILE_OR_URI", help="The predictions Parquet file.")
 @windows_option
 @window_step_option
 @per_track_option
 @address_option
-@local_option
 @storage_options_option
-def predict_command(
-    features, model_dir, out, windows, window_step, per_track, address, local, storage_options
-):
+def predict_command(extract, classifier, output, windows, window_step, per_track, address, storage_options):
     """Predict every clip (or track, or window); clips without faces get a null prediction."""
+    from emotibatch.clips import classify
+
     with library_errors():
         table = classify.predict(
-            features,
-            model_dir,
-            out,
+            extract,
+            classifier,
+            output,
             windows=windows,
             window_step=window_step,
             per_track=per_track,
             storage_options=storage_options,
             address=address,
-            local=local,
         )
     nulls = table["prediction"].null_count
-    click.echo(f"{len(table)} predictions ({nulls} without faces: null) -> {redact_uri(out)}")
+    click.echo(f"{len(table)} predictions ({nulls} without faces: null) -> {redact_uri(output)}")
 
 
 @cli.command("report")
-@click.argument("extract_dir", metavar="OUT")
+@click.option("--extract", required=True, metavar="DIR_OR_URI", help="The extract output to report.")
 @click.option("--video", "videos", multiple=True, metavar="ID", help="Report this video only (repeatable).")
 @click.option(
-    "--html", "html_path", metavar="PATH_OR_URI", help="Where the report goes  [default: OUT/report.html]"
+    "--output", "-o", metavar="FILE_OR_URI", help="Where the report goes  [default: EXTRACT/report.html]"
 )
 @click.option(
     "--predictions",
@@ -466,17 +516,17 @@ def predict_command(
     "data: off by default.",
 )
 @storage_options_option
-def report_command(
-    extract_dir, videos, html_path, predictions, engagement, thumbnails, storage_options
-) -> None:
-    """One self-contained HTML report of the extract output OUT: the run, then each video over time.
+def report_command(extract, videos, output, predictions, engagement, thumbnails, storage_options) -> None:
+    """One self-contained HTML report of an extract output: the run, then each video over time.
 
     The file has no scripts and makes no requests: it opens from disk or from a bucket.
     """
-    target = html_path or f"{extract_dir.rstrip('/')}/report.html"
+    from emotibatch.reports.report import write_report
+
+    target = output or f"{extract.rstrip('/')}/report.html"
     with library_errors():
         write_report(
-            extract_dir,
+            extract,
             target,
             videos=videos or None,
             predictions=predictions,
@@ -493,7 +543,7 @@ def report_command(
 @click.option(
     "--extract", required=True, metavar="DIR_OR_URI", help="The extract output holding VIDEO's faces."
 )
-@click.option("--start", type=float, default=0.0, show_default=True, metavar="S", help="First second.")
+@click.option("--start", type=float, default=0.0, metavar="S", help="First second.")
 @click.option("--end", type=float, metavar="S", help="Last second (exclusive)  [default: the end]")
 @storage_options_option
 def render_command(video, output, extract, start, end, storage_options) -> None:
@@ -502,6 +552,8 @@ def render_command(video, output, extract, start, end, storage_options) -> None:
     VIDEO is the video file or its video_id in the extract's videos table. Only sampled frames have
     faces: a frame between two sampled frames shows the boxes of the nearest sampled frame before it.
     """
+    from emotibatch.reports.render import render_clip
+
     with library_errors():
         result = render_clip(
             video, output, extract, start_s=start, end_s=end, storage_options=storage_options
@@ -536,7 +588,7 @@ NIGHTLY_EXTRACT_OPTIONS = (
 
 @cli.command(
     "nightly",
-    epilog="Exit codes: 0 the run completed, even with failed lectures (listed in OUT/date=.../failures.json "
+    epilog="Exit codes: 0 the run completed, even with failed lectures (listed in OUTPUT/date=.../failures.json "
     "and the log, tried again by the next run), 3 with --strict when some lecture failed, 2 bad usage "
     "(options, models, prefix or output rejected before any work), 1 the run could not complete.",
 )
@@ -547,15 +599,12 @@ NIGHTLY_EXTRACT_OPTIONS = (
 @click.option(
     "--fps",
     type=float,
-    default=nightly.LECTURE_SAMPLING.value,
-    show_default=True,
-    help="Sample the frame nearest to each k/F seconds.",
+    help="Sample the frame nearest to each k/F seconds (nightly.LECTURE_SAMPLING)  [default: 1.0]",
 )
 @click.option(
     "--settle-minutes",
     type=float,
     default=30.0,
-    show_default=True,
     help="Leave files modified more recently for a later run (uploads in progress).",
 )
 @click.option(
@@ -573,7 +622,6 @@ NIGHTLY_EXTRACT_OPTIONS = (
     "--engagement-window",
     type=float,
     default=60.0,
-    show_default=True,
     metavar="SECONDS",
     help="Timeline window of a fitted engagement model.",
 )
@@ -582,7 +630,7 @@ NIGHTLY_EXTRACT_OPTIONS = (
 def nightly_command(
     prefix: str,
     output: str,
-    fps: float,
+    fps: float | None,
     settle_minutes: float,
     completion_marker: str | None,
     engagement_model: str | None,
@@ -595,11 +643,16 @@ def nightly_command(
 
     Run it nightly (cron, `ray job submit ... -- python jobs/nightly_lectures.py`): lectures processed by an
     earlier run, and uploads still in progress, are left alone; see emotibatch/nightly.py for the rules and
-    the layout under OUT.
+    the layout under --output.
     """
+    from emotibatch import nightly
+    from emotibatch.config import ExtractConfig
+    from emotibatch.extract.decode import Sampling
+
+    sampling = nightly.LECTURE_SAMPLING if fps is None else Sampling("fps", fps)
     try:
         config = nightly.NightlyConfig(
-            ExtractConfig(inputs=(prefix,), output=output, sampling=Sampling("fps", fps), **options),
+            ExtractConfig(inputs=(prefix,), output=output, sampling=sampling, **options),
             settle_minutes=settle_minutes,
             completion_marker=completion_marker,
             engagement_model=engagement_model,
