@@ -306,7 +306,7 @@ REPORTED_FAILURES = 10
 address_option = click.option(
     "--address",
     help="Ray cluster address. Without it (or RAY_ADDRESS) the work runs in this process, or on an embedded "
-    "local Ray from 1,000,000 face rows, where that gains (docs/benchmarks.md).",
+    "local Ray when the extract is large enough to gain from one (clips/aggregate.py RAY_MIN_FACES).",
 )
 windows_option = click.option(
     "--windows", type=float, metavar="SECONDS", help="One descriptor per window of SECONDS (timelines)."
@@ -616,7 +616,7 @@ NIGHTLY_EXTRACT_OPTIONS = (
     "--engagement-model",
     metavar="PATH_OR_NAME",
     help="engagement_single_attention (EmotiEffLib's head: enet_b0 features, tracks of 128+ face frames), "
-    "its h5 file, or a MODEL_DIR from `emotibatch fit`.",
+    "its h5 file, or a classifier folder from `emotibatch fit`.",
 )
 @click.option(
     "--engagement-window",

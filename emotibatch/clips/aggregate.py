@@ -8,8 +8,9 @@ Recipes (docs/corpora.md), over the `features` column (optionally with `emotion_
 - `engagewild`: one face per frame, std over frames.
 
 A descriptor is made per video, per track (`per_track`) and/or per time window (`windows` seconds long,
-every `window_step` seconds). faces/ holds one file per video, so the job streams over files on Ray Data:
-each task reads one video's file, pools it and yields that video's rows. Memory is bounded by the largest
+every `window_step` seconds). faces/ holds one file per video, so the job streams over files (on Ray Data
+when `on_ray`, else one after another in this process): each task reads one video's file, pools it and
+yields that video's rows. Memory is bounded by the largest
 video, never by the corpus, and nothing is shuffled. Clips the extract finished without a face keep a row
 (has_faces false, null descriptor); videos it failed are skipped and reported.
 """
