@@ -169,7 +169,7 @@ def _sampling(fps: float | None, every: int | None, all_frames: bool) -> Samplin
 @click.option(
     "--output", "-o", required=True, metavar="DIR_OR_URI", help="Where faces/, videos/ and runs/ go."
 )
-@click.option("--model", default="enet_b0_8_best_vgaf", help="Emotion model: name, path or URI.")
+@click.option("--model", default="enet_b0_8_best_vgaf", help="ONNX emotion model: name, path or URI.")
 @click.option("--detector", default="det_10g", help="SCRFD detector: name, path or URI.")
 @click.option("--model-dir", metavar="DIR_OR_URI", help="Where pulled models live (offline clusters).")
 @click.option("--fps", type=float, help="Sample the frame nearest to each k/F seconds from the video start.")
