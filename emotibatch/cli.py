@@ -1,4 +1,8 @@
-"""Thin command line over the library: each command parses, makes one library call and prints."""
+"""Thin command line over the library: each command parses, makes one library call and prints.
+
+The library (Ray, pyarrow, scikit-learn, the decoders) is imported inside the commands that use it:
+`emotibatch --help`, and a command that never needs Ray, do not pay seconds for importing it.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +11,17 @@ import datetime
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import click
-import pyarrow.parquet as pq
-from rich import box
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-from emotibatch import nightly, progress
-from emotibatch.clips import abaw, abaw_heads, classify
-from emotibatch.clips.aggregate import POOLS, Recipe, aggregate
-from emotibatch.clips.labels import DAISEE_TARGETS
-from emotibatch.config import ExtractConfig
-from emotibatch.demo import run_demo
-from emotibatch.extract import pipeline
-from emotibatch.extract.decode import Sampling
-from emotibatch.inference import registry
+from emotibatch.clips.labels import DAISEE_TARGETS, READERS
 from emotibatch.io.redact import clean_text, install_log_filter, redact_uri
-from emotibatch.reports.render import MAX_LABELS, render_clip
-from emotibatch.reports.report import write_report
+
+if TYPE_CHECKING:
+    from emotibatch.extract import pipeline
+    from emotibatch.extract.decode import Sampling
 
 
 @contextlib.contextmanager
@@ -61,7 +55,31 @@ storage_options_option = click.option(
 )
 
 
-@click.group()
+class LazyChoice(click.Choice):
+    """A choice among a library module's names, imported when the choice is first shown or checked."""
+
+    def __init__(self, load: Callable[[], Iterable[str]]) -> None:
+        self._load = load
+        self.case_sensitive = True
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(sorted(self._load()))
+
+
+def _pools() -> Iterable[str]:
+    from emotibatch.clips.aggregate import POOLS
+
+    return POOLS
+
+
+def _estimators() -> Iterable[str]:
+    from emotibatch.clips.classify import ESTIMATORS
+
+    return ESTIMATORS
+
+
+@click.group(context_settings={"show_default": True})
 @click.version_option(package_name="emotibatch")
 def cli() -> None:
     """Facial emotion recognition at cluster scale on Ray Data."""
@@ -77,6 +95,12 @@ def models() -> None:
 @models.command("list")
 def models_list() -> None:
     """Show the registered models and whether the cache holds them."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from emotibatch.inference import registry
+
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for header in ("name", "kind", "input", "classes", "dim", "VA", "cached"):
         table.add_column(header, no_wrap=True)
@@ -98,26 +122,37 @@ def models_list() -> None:
 @models.command("pull")
 @click.argument("names", nargs=-1, required=True)
 @click.option(
-    "--to", metavar="DIR_OR_URI", help="Also copy <name>.onnx there (for --model-dir on offline nodes)."
+    "--output",
+    "-o",
+    metavar="DIR_OR_URI",
+    help="Also copy <name>.onnx there (for --model-dir on offline nodes).",
 )
 @click.option("--sha256", metavar="HEX", help="Pin the sha256 of a model that has no published hash.")
 @storage_options_option
-def models_pull(names: tuple[str, ...], to: str | None, sha256: str | None, storage_options: dict) -> None:
+def models_pull(
+    names: tuple[str, ...], output: str | None, sha256: str | None, storage_options: dict
+) -> None:
     """Fetch and verify models into the cache, and optionally copy them to DIR_OR_URI."""
+    from emotibatch.inference import registry
+
     if sha256 and len(names) != 1:
         raise click.UsageError("--sha256 pins one model: give exactly one NAME")
     with library_errors():
         for name in names:
             if sha256:
                 registry.pin_sha256(name, sha256)
-            if to:
-                click.echo(f"{name}: {registry.export(name, to, storage_options=storage_options)}")
+            if output:
+                click.echo(f"{name}: {registry.export(name, output, storage_options=storage_options)}")
             else:
                 click.echo(f"{name}: {registry.resolve(name, storage_options=storage_options)}")
 
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_FAILED = 0, 1, 2, 3
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a job stopped by Ctrl-C
+# Library defaults shown by --help without importing the library (tests/unit/test_cli_options.py checks
+# them against progress.PLAIN_INTERVAL_S and reports.render.MAX_LABELS).
+PROGRESS_INTERVAL_S = 30.0
+MAX_LABELS = 8
 
 
 @contextlib.contextmanager
@@ -137,14 +172,15 @@ verbose_option = click.option(
 progress_interval_option = click.option(
     "--progress-interval",
     type=click.FloatRange(min=0, min_open=True),
-    default=progress.PLAIN_INTERVAL_S,
-    show_default=True,
+    default=PROGRESS_INTERVAL_S,
     metavar="SECONDS",
     help="Seconds between progress lines when stderr is not a terminal (logs, `ray job submit`).",
 )
 
 
 def _sampling(fps: float | None, every: int | None, all_frames: bool) -> Sampling:
+    from emotibatch.extract.decode import Sampling
+
     if fps is not None and not fps > 0:
         raise click.UsageError(f"--fps must be > 0, got {fps}")
     if every is not None and every < 1:
@@ -169,39 +205,36 @@ def _sampling(fps: float | None, every: int | None, all_frames: bool) -> Samplin
 @click.option(
     "--output", "-o", required=True, metavar="DIR_OR_URI", help="Where faces/, videos/ and runs/ go."
 )
-@click.option(
-    "--model", default="enet_b0_8_best_vgaf", show_default=True, help="Emotion model: name, path or URI."
-)
-@click.option("--detector", default="det_10g", show_default=True, help="SCRFD detector: name, path or URI.")
+@click.option("--model", default="enet_b0_8_best_vgaf", help="ONNX emotion model: name, path or URI.")
+@click.option("--detector", default="det_10g", help="SCRFD detector: name, path or URI.")
 @click.option("--model-dir", metavar="DIR_OR_URI", help="Where pulled models live (offline clusters).")
 @click.option("--fps", type=float, help="Sample the frame nearest to each k/F seconds from the video start.")
 @click.option("--every", type=int, help="Sample frames 0, N, 2N, ...")
 @click.option("--all-frames", is_flag=True, help="Every frame (the default; what ABAW annotations need).")
-@click.option(
-    "--segment-seconds", type=float, default=60.0, show_default=True, help="Split long videos into segments."
-)
+@click.option("--segment-seconds", type=float, default=60.0, help="Split long videos into segments.")
 @click.option(
     "--frame-folders",
     is_flag=True,
     help="Each folder of images found is one video, its images the frames (00001.jpg = frame 0); without "
     "it each image is an input of its own.",
 )
-@click.option(
-    "--frame-rate", type=float, default=30.0, show_default=True, help="Frame rate of frame folders."
-)
+@click.option("--frame-rate", type=float, default=30.0, help="Frame rate of frame folders.")
 @click.option("--faces-cropped", is_flag=True, help="Each frame-folder image is already a face crop.")
-@click.option("--min-face", type=int, default=0, show_default=True, help="Drop faces smaller than PX.")
-@click.option("--det-thresh", type=float, default=0.5, show_default=True, help="Face detection threshold.")
+@click.option("--min-face", type=int, default=0, help="Drop faces smaller than PX.")
+@click.option("--det-thresh", type=float, default=0.5, help="Face detection threshold.")
 @click.option("--max-faces", type=int, help="Keep the N highest-scoring faces per frame.")
+@click.option("--margin", type=float, default=0.0, help="Grow face boxes by this fraction.")
 @click.option(
-    "--margin", type=float, default=0.0, show_default=True, help="Grow face boxes by this fraction."
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    help="Where the models run (auto: CUDA where onnxruntime has it, else the CPU).",
 )
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--address", help="Ray cluster address (default: an embedded local Ray; `auto` in a Ray job).")
 @click.option("--workers", type=int, help="Face actors at most (default: one per GPU, or half the CPUs).")
 @click.option("--gpus-per-worker", type=float, help="GPUs per face actor (default 1 where GPUs exist).")
-@click.option("--cpus-per-worker", type=float, default=1.0, show_default=True, help="CPUs per face actor.")
-@click.option("--decode-cpus", type=float, default=1.0, show_default=True, help="CPUs per decode task.")
+@click.option("--cpus-per-worker", type=float, default=1.0, help="CPUs per face actor.")
+@click.option("--decode-cpus", type=float, default=1.0, help="CPUs per decode task.")
 @click.option(
     "--batch-size",
     type=int,
@@ -218,7 +251,6 @@ def _sampling(fps: float | None, every: int | None, all_frames: bool) -> Samplin
     "--features-dtype",
     type=click.Choice(["float32", "float16", "none"]),
     default="float32",
-    show_default=True,
     help="Store feature vectors as float32 or float16, or not at all (`none`: the backbones were trained "
     "for face identification, so features can re-identify people).",
 )
@@ -234,6 +266,9 @@ def extract(
 
     Reruns with the same arguments skip finished videos, retry failed ones and never duplicate rows.
     """
+    from emotibatch.config import ExtractConfig
+    from emotibatch.extract import pipeline
+
     try:
         config = ExtractConfig(
             inputs=inputs,
@@ -247,6 +282,8 @@ def extract(
         plan = pipeline.prepare(config)
     except (ValueError, RuntimeError, OSError) as exc:
         raise click.UsageError(clean_text(str(exc))) from None
+    from emotibatch import progress
+
     with resumable(), library_errors(usage=()), progress.for_stream(sys.stderr, progress_interval) as shown:
         result = pipeline.run(plan, shown, verbose=verbose)
     _summary(result)
@@ -257,6 +294,11 @@ def _summary(result: pipeline.RunResult) -> None:
     """The run's counts and each failed video, every user-given text (ids, paths, errors) printed literally:
     rich reads `[...]` in a plain string as markup (`lecture[red].mp4` would lose `[red]`, an error
     quoting `[/]` would crash the summary)."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
     run = result.run
     console = Console()
     table = Table(title=Text(f"run {result.run_id}"), box=box.SIMPLE_HEAD, show_header=False)
@@ -286,11 +328,19 @@ def _summary(result: pipeline.RunResult) -> None:
     "-o",
     "directory",
     metavar="DIR",
+    show_default=False,
     help="Where inputs, models and outputs go  [default: a new temporary folder]",
 )
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="Where the models run."
+)
 def demo(directory: str | None, device: str) -> None:
     """Make sample videos, run the whole job on them locally, show a few rows and what to try next."""
+    import pyarrow.parquet as pq
+    from rich.console import Console
+
+    from emotibatch.demo import run_demo
+
     with library_errors():
         result = run_demo(directory, device=device, say=click.echo)
     console = Console()
@@ -308,28 +358,39 @@ DEMO_COLUMNS = ["video_id", "frame_index", "timestamp_s", "face_index", "track_i
 
 
 REPORTED_FAILURES = 10
-address_option = click.option("--address", help="Ray cluster address (default: an embedded local Ray).")
-local_option = click.option("--local", is_flag=True, help="Run in this process without Ray (small outputs).")
+address_option = click.option(
+    "--address",
+    help="Ray cluster address. Without it (or RAY_ADDRESS) the work runs in this process, or on an embedded "
+    "local Ray when the extract is large enough to gain from one (clips/aggregate.py RAY_MIN_FACES).",
+)
 windows_option = click.option(
     "--windows", type=float, metavar="SECONDS", help="One descriptor per window of SECONDS (timelines)."
 )
 window_step_option = click.option(
     "--window-step", type=float, metavar="SECONDS", help="Seconds between window starts (default: --windows)."
 )
+per_track_option = click.option(
+    "--per-track", is_flag=True, help="One descriptor per face track, not per clip."
+)
 smooth_option = click.option(
     "--smooth",
     type=click.IntRange(min=0),
     metavar="K",
+    show_default=False,
     help="ABAW: centred mean over +-K frames before deciding  [default: expression 50, VA 50, AU 5]",
 )
-per_track_option = click.option(
-    "--per-track", is_flag=True, help="One descriptor per face track, not per clip."
+# The ABAW tasks, named here so that `--help` imports no library (clips/abaw.py HEADERS; a test checks).
+ABAW_TASKS = ("abaw-au", "abaw-expr", "abaw-va")
+ABAW_LABELS = (
+    "Aff-Wild2's annotation folder as it ships (EXPR_Set, VA_Set or AU_Set, then Train_Set or "
+    "Validation_Set: <video>.txt, a header line, then line i for frame i-1), or the multi-task CSV "
+    "(image,valence,arousal,expression,aus)"
 )
 
 
 @cli.command("aggregate")
-@click.option("--features", required=True, metavar="DIR_OR_URI", help="An extract output (faces/, videos/).")
-@click.option("--recipe", required=True, type=click.Choice(sorted(POOLS)), help="EmotiEffLib's clip recipe.")
+@click.option("--extract", required=True, metavar="DIR_OR_URI", help="An extract output (faces/, videos/).")
+@click.option("--recipe", required=True, type=LazyChoice(_pools), help="EmotiEffLib's clip recipe.")
 @windows_option
 @window_step_option
 @per_track_option
@@ -337,10 +398,9 @@ per_track_option = click.option(
 @click.option("--output", "-o", required=True, metavar="DIR_OR_URI", help="Where the Parquet files go.")
 @click.option("--overwrite", is_flag=True, help="Replace the Parquet files already in --output.")
 @address_option
-@local_option
 @storage_options_option
 def aggregate_command(
-    features,
+    extract,
     recipe,
     windows,
     window_step,
@@ -349,26 +409,21 @@ def aggregate_command(
     output,
     overwrite,
     address,
-    local,
     storage_options,
 ) -> None:
-    """Clip descriptors (AFEW, VGAF or EngageWild recipe) from an extract output, streamed on Ray Data.
+    """Clip descriptors (AFEW, VGAF or EngageWild recipe) from an extract output.
 
     Clips without faces keep a row (has_faces false, null descriptor); videos the extract failed are skipped.
     """
+    from emotibatch.clips.aggregate import Recipe, aggregate
+
     try:
         chosen = Recipe(recipe, windows, window_step, per_track, emotion_probs)
     except ValueError as exc:
         raise click.UsageError(clean_text(str(exc))) from None
     with library_errors():
         result = aggregate(
-            features,
-            chosen,
-            output,
-            overwrite=overwrite,
-            storage_options=storage_options,
-            address=address,
-            local=local,
+            extract, chosen, output, overwrite=overwrite, storage_options=storage_options, address=address
         )
     click.echo(
         f"{result.rows} descriptor rows from {result.clips} clips ({result.clips_without_faces} without faces: "
@@ -378,60 +433,71 @@ def aggregate_command(
         click.echo(f"skipped failed video {video_id}: {error}")
     if len(result.failed) > REPORTED_FAILURES:
         click.echo(
-            f"... {len(result.failed)} failed videos in all (status failed in {redact_uri(features)}/videos)"
+            f"... {len(result.failed)} failed videos in all (status failed in {redact_uri(extract)}/videos)"
         )
 
 
-@cli.command("fit")
+def _label_formats() -> str:
+    """`fit --help`'s list of label formats: each reader's docstring, so that a new reader lists itself."""
+    return (
+        "\b\nLabel formats (--labels, --val), by --task:\n"
+        + "\n".join(
+            f"  {task}: {' '.join((reader.__doc__ or '').split())}"
+            for task, reader in sorted(READERS.items())
+        )
+        + "".join(f"\n  {task}: {ABAW_LABELS}" for task in ABAW_TASKS)
+    )
+
+
+@cli.command("fit", epilog=_label_formats())
 @click.option(
-    "--features", required=True, metavar="DIR_OR_URI", help="An extract output or an aggregate output."
+    "--extract", required=True, metavar="DIR_OR_URI", help="An extract output or an aggregate output."
 )
 @click.option(
     "--labels",
     "labels_path",
     required=True,
     metavar="PATH",
-    help="Labels in the corpus's format (AFEW: its folder).",
+    help="Labels in the task's format (below).",
 )
-@click.option("--task", required=True, type=click.Choice(sorted(classify.TASKS) + sorted(abaw.HEADERS)))
-@click.option("--val", metavar="PATH", help="Validation labels (default: 5-fold cross-validation).")
 @click.option(
-    "--val-features",
-    metavar="DIR_OR_URI",
-    help="The validation clips' extract or aggregate output, if not in --features.",
+    "--task",
+    required=True,
+    type=click.Choice(sorted(READERS) + list(ABAW_TASKS)),
+    help="The corpus whose labels and recipe to use (generic: a CSV of video_id,label; abaw-*: a frame-level "
+    "head on the extract's faces).",
 )
-@click.option("--out", required=True, metavar="MODEL_DIR", help="Where model, card, metrics and plot go.")
+@click.option("--val", metavar="PATH", help="Validation labels (default: cross-validation, --folds).")
+@click.option(
+    "--val-extract",
+    metavar="DIR_OR_URI",
+    help="The validation clips' extract or aggregate output, if not in --extract.",
+)
+@click.option(
+    "--output", "-o", required=True, metavar="DIR", help="The classifier folder: model, card, metrics, plot."
+)
 @click.option(
     "--target", type=click.Choice(DAISEE_TARGETS), help="DAiSEE's label column (default engagement)."
 )
-@click.option(
-    "--recipe", type=click.Choice(sorted(POOLS)), help="The descriptors' recipe (default: the task's)."
-)
+@click.option("--recipe", type=LazyChoice(_pools), help="The descriptors' recipe (default: the task's).")
 @click.option("--emotion-probs", is_flag=True, help="Descriptors with emotion probabilities appended.")
 @click.option(
     "--estimator",
-    type=click.Choice(sorted(classify.ESTIMATORS)),
+    type=LazyChoice(_estimators),
     help="One of the task's kind (default: afew linearsvc, vgaf svc-rbf, engagewild ridge, others logistic).",
 )
-@click.option(
-    "--folds",
-    type=click.IntRange(min=2),
-    default=5,
-    show_default=True,
-    help="Cross-validation folds without --val.",
-)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--folds", type=click.IntRange(min=2), default=5, help="Cross-validation folds without --val.")
+@click.option("--seed", type=int, default=0, help="Seed of the folds and the estimator.")
 @smooth_option
 @address_option
-@local_option
 @storage_options_option
 def fit_command(
-    features,
+    extract,
     labels_path,
     task,
     val,
-    val_features,
-    out,
+    val_extract,
+    output,
     target,
     recipe,
     emotion_probs,
@@ -440,24 +506,25 @@ def fit_command(
     seed,
     smooth,
     address,
-    local,
     storage_options,
 ) -> None:
     """Fit the task's recipe model on labelled clip descriptors (ABAW tasks: a frame-level head on the
-    extract's faces); evaluate; save it with skops to MODEL_DIR."""
-    if task in abaw.HEADERS:
-        _fit_abaw(features, labels_path, task, out, val, val_features, smooth, seed, storage_options)
+    extract's faces); evaluate; save it with skops to --output."""
+    if task in ABAW_TASKS:
+        _fit_abaw(extract, labels_path, task, output, val, val_extract, smooth, seed, storage_options)
         return
     if smooth is not None:
         raise click.UsageError("--smooth applies to the ABAW tasks only")
+    from emotibatch.clips import classify
+
     with library_errors():
         model = classify.fit(
-            features,
+            extract,
             labels_path,
             task,
-            out,
+            output,
             val=val,
-            val_features=val_features,
+            val_features=val_extract,
             target=target,
             recipe=recipe,
             emotion_probs=emotion_probs,
@@ -466,25 +533,26 @@ def fit_command(
             seed=seed,
             storage_options=storage_options,
             address=address,
-            local=local,
         )
     click.echo(f"train labels: {model.join_}")
     if model.val_join_ is not None:
         click.echo(f"val labels: {model.val_join_}")
     scores = {k: v for k, v in model.metrics_.items() if isinstance(v, float)}
     click.echo(f"{model.metrics_['validation']}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
-    click.echo(f"model, card, metrics and plot in {out}")
+    click.echo(f"model, card, metrics and plot in {output}")
 
 
-def _fit_abaw(features, labels, task, out, val, val_extract, smooth, seed, storage_options) -> None:
+def _fit_abaw(extract, labels, task, output, val, val_extract, smooth, seed, storage_options) -> None:
+    from emotibatch.clips import abaw_heads
+
     if val is None:
         raise click.UsageError(f"{task} needs --val (the corpus's Validation_Set): scores are reported on it")
     with library_errors():
         model = abaw_heads.fit(
-            features,
+            extract,
             labels,
             task,
-            out,
+            output,
             val=val,
             val_extract=val_extract,
             smooth=smooth,
@@ -496,15 +564,23 @@ def _fit_abaw(features, labels, task, out, val, val_extract, smooth, seed, stora
     for name, views in model.metrics["scores"].items():
         shown = ", ".join(f"{view.replace('_', ' ')} {scores['score']:.3f}" for view, scores in views.items())
         click.echo(f"{name}: {shown}")
-    click.echo(f"head, card, metrics and plot in {out}")
+    click.echo(f"head, card, metrics and plot in {output}")
 
 
 @cli.command("predict")
 @click.option(
-    "--features", required=True, metavar="DIR_OR_URI", help="An extract output or an aggregate output."
+    "--extract", required=True, metavar="DIR_OR_URI", help="An extract output or an aggregate output."
 )
-@click.option("--model", "model_dir", required=True, metavar="MODEL_DIR", help="Made by `emotibatch fit`.")
-@click.option("--out", required=True, metavar="FILE_OR_URI", help="The predictions Parquet file.")
+@click.option(
+    "--classifier", required=True, metavar="DIR", help="A classifier folder written by `emotibatch fit`."
+)
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    metavar="FILE_OR_URI",
+    help="The predictions Parquet file (ABAW heads: a folder of challenge files).",
+)
 @windows_option
 @window_step_option
 @per_track_option
@@ -515,50 +591,51 @@ def _fit_abaw(features, labels, task, out, val, val_extract, smooth, seed, stora
 )
 @smooth_option
 @address_option
-@local_option
 @storage_options_option
 def predict_command(
-    features, model_dir, out, windows, window_step, per_track, sample, smooth, address, local, storage_options
+    extract, classifier, output, windows, window_step, per_track, sample, smooth, address, storage_options
 ):
     """Predict every clip (or track, or window); clips without faces get a null prediction.
 
-    With an ABAW head, --out is a folder of challenge files: <video>.txt per video, and the --sample file.
+    With an ABAW head, --output is a folder of challenge files: <video>.txt per video, and the --sample file.
     """
-    if abaw_heads.is_abaw_model(model_dir):
+    from emotibatch.clips import abaw_heads, classify
+
+    if abaw_heads.is_abaw_model(classifier):
         with library_errors():
             result = abaw_heads.predict(
-                features, model_dir, out, sample=sample, smooth=smooth, storage_options=storage_options
+                extract, classifier, output, sample=sample, smooth=smooth, storage_options=storage_options
             )
         click.echo(
             f"{result.lines} lines of {result.videos} videos ({len(result.videos_without_faces)} without a "
-            f"face: the training prior) -> {len(result.files)} files in {out}"
+            f"face: the training prior) -> {len(result.files)} files in {output}"
         )
         for video_id in result.failed[:REPORTED_FAILURES]:
-            click.echo(f"skipped failed video {video_id} (status failed in {redact_uri(features)}/videos)")
+            click.echo(f"skipped failed video {video_id} (status failed in {redact_uri(extract)}/videos)")
         return
     if sample is not None or smooth is not None:
         raise click.UsageError("--sample and --smooth apply to ABAW heads only")
+
     with library_errors():
         table = classify.predict(
-            features,
-            model_dir,
-            out,
+            extract,
+            classifier,
+            output,
             windows=windows,
             window_step=window_step,
             per_track=per_track,
             storage_options=storage_options,
             address=address,
-            local=local,
         )
     nulls = table["prediction"].null_count
-    click.echo(f"{len(table)} predictions ({nulls} without faces: null) -> {redact_uri(out)}")
+    click.echo(f"{len(table)} predictions ({nulls} without faces: null) -> {redact_uri(output)}")
 
 
 @cli.command("report")
-@click.argument("extract_dir", metavar="OUT")
+@click.option("--extract", required=True, metavar="DIR_OR_URI", help="The extract output to report.")
 @click.option("--video", "videos", multiple=True, metavar="ID", help="Report this video only (repeatable).")
 @click.option(
-    "--html", "html_path", metavar="PATH_OR_URI", help="Where the report goes  [default: OUT/report.html]"
+    "--output", "-o", metavar="FILE_OR_URI", help="Where the report goes  [default: EXTRACT/report.html]"
 )
 @click.option(
     "--predictions",
@@ -579,17 +656,17 @@ def predict_command(
     "data: off by default.",
 )
 @storage_options_option
-def report_command(
-    extract_dir, videos, html_path, predictions, engagement, thumbnails, storage_options
-) -> None:
-    """One self-contained HTML report of the extract output OUT: the run, then each video over time.
+def report_command(extract, videos, output, predictions, engagement, thumbnails, storage_options) -> None:
+    """One self-contained HTML report of an extract output: the run, then each video over time.
 
     The file has no scripts and makes no requests: it opens from disk or from a bucket.
     """
-    target = html_path or f"{extract_dir.rstrip('/')}/report.html"
+    from emotibatch.reports.report import write_report
+
+    target = output or f"{extract.rstrip('/')}/report.html"
     with library_errors():
         write_report(
-            extract_dir,
+            extract,
             target,
             videos=videos or None,
             predictions=predictions,
@@ -612,13 +689,12 @@ def report_command(
 @click.option(
     "--extract", required=True, metavar="DIR_OR_URI", help="The extract output holding VIDEO's faces."
 )
-@click.option("--start", type=float, default=0.0, show_default=True, metavar="S", help="First second.")
+@click.option("--start", type=float, default=0.0, metavar="S", help="First second.")
 @click.option("--end", type=float, metavar="S", help="Last second (exclusive)  [default: the end]")
 @click.option(
     "--max-labels",
     type=click.IntRange(min=0),
     default=MAX_LABELS,
-    show_default=True,
     metavar="N",
     help="Label at most N faces per frame, the largest; the others keep their boxes.",
 )
@@ -629,6 +705,8 @@ def render_command(video, output, extract, start, end, max_labels, storage_optio
     VIDEO is the video file or its video_id in the extract's videos table. Only sampled frames have
     faces: a frame between two sampled frames shows the boxes of the nearest sampled frame before it.
     """
+    from emotibatch.reports.render import render_clip
+
     with library_errors():
         result = render_clip(
             video,
@@ -669,7 +747,7 @@ NIGHTLY_EXTRACT_OPTIONS = (
 
 @cli.command(
     "nightly",
-    epilog="Exit codes: 0 the run completed, even with failed lectures (listed in OUT/date=.../failures.json "
+    epilog="Exit codes: 0 the run completed, even with failed lectures (listed in OUTPUT/date=.../failures.json "
     "and the log, tried again by the next run), 3 with --strict when some lecture failed, 2 bad usage "
     "(options, models, prefix or output rejected before any work), 1 the run could not complete.",
 )
@@ -680,15 +758,12 @@ NIGHTLY_EXTRACT_OPTIONS = (
 @click.option(
     "--fps",
     type=float,
-    default=nightly.LECTURE_SAMPLING.value,
-    show_default=True,
-    help="Sample the frame nearest to each k/F seconds.",
+    help="Sample the frame nearest to each k/F seconds (nightly.LECTURE_SAMPLING)  [default: 1.0]",
 )
 @click.option(
     "--settle-minutes",
     type=float,
     default=30.0,
-    show_default=True,
     help="Leave files modified more recently for a later run (uploads in progress).",
 )
 @click.option(
@@ -699,17 +774,15 @@ NIGHTLY_EXTRACT_OPTIONS = (
 @click.option(
     "--engagement-model",
     metavar="PATH_OR_NAME",
-    default=nightly.AUTO_ENGAGEMENT,
-    show_default=True,
+    default="auto",
     help="auto: EmotiEffLib's pretrained head (enet_b0 features, tracks of 128+ face frames) when it can be "
     "had, cached or pulled, else none, said in the night's log and pages; none; "
-    "engagement_single_attention or its h5 file; or a MODEL_DIR from `emotibatch fit`.",
+    "engagement_single_attention or its h5 file; or a classifier folder from `emotibatch fit`.",
 )
 @click.option(
     "--engagement-window",
     type=float,
     default=60.0,
-    show_default=True,
     metavar="SECONDS",
     help="Timeline window of a fitted engagement model.",
 )
@@ -720,7 +793,7 @@ NIGHTLY_EXTRACT_OPTIONS = (
 def nightly_command(
     prefix: str,
     output: str,
-    fps: float,
+    fps: float | None,
     settle_minutes: float,
     completion_marker: str | None,
     engagement_model: str,
@@ -735,11 +808,15 @@ def nightly_command(
 
     Run it nightly (cron, `ray job submit ... -- python jobs/nightly_lectures.py`): lectures processed by an
     earlier run, and uploads still in progress, are left alone; see emotibatch/nightly.py for the rules and
-    the layout under OUT.
+    the layout under --output.
     """
+    from emotibatch import nightly, progress
+    from emotibatch.config import ExtractConfig
+
+    sampling = nightly.LECTURE_SAMPLING if fps is None else _sampling(fps, None, False)
     try:
         config = nightly.NightlyConfig(
-            ExtractConfig(inputs=(prefix,), output=output, sampling=_sampling(fps, None, False), **options),
+            ExtractConfig(inputs=(prefix,), output=output, sampling=sampling, **options),
             settle_minutes=settle_minutes,
             completion_marker=completion_marker,
             engagement_model=engagement_model,

@@ -1,8 +1,8 @@
-"""`ray job submit ... -- python jobs/fit.py --features F --labels L --task T --out MODEL_DIR`: fit a clip model.
+"""`ray job submit ... -- python jobs/fit.py --extract F --labels L --task T -o DIR`: fit a clip model.
 
 The same options as `emotibatch fit` (see its --help). Inside a Ray job, Ray sets RAY_ADDRESS and the
-aggregation of an extract output runs on that cluster; MODEL_DIR is written on the node running this
-script (the head, under `ray job submit`).
+aggregation of an extract output runs on that cluster; the classifier folder (-o) is written on the node
+running this script (the head, under `ray job submit`).
 """
 
 import sys

@@ -8,8 +8,9 @@ Recipes (docs/corpora.md), over the `features` column (optionally with `emotion_
 - `engagewild`: one face per frame, std over frames.
 
 A descriptor is made per video, per track (`per_track`) and/or per time window (`windows` seconds long,
-every `window_step` seconds). faces/ holds one file per video, so the job streams over files on Ray Data:
-each task reads one video's file, pools it and yields that video's rows. Memory is bounded by the largest
+every `window_step` seconds). faces/ holds one file per video, so the job streams over files (on Ray Data
+when `on_ray`, else one after another in this process): each task reads one video's file, pools it and
+yields that video's rows. Memory is bounded by the largest
 video, never by the corpus, and nothing is shuffled. Clips the extract finished without a face keep a row
 (has_faces false, null descriptor); videos it failed are skipped and reported.
 """
@@ -17,6 +18,7 @@ video, never by the corpus, and nothing is shuffled. Clips the extract finished 
 from __future__ import annotations
 
 import math
+import os
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
@@ -214,6 +216,7 @@ class _Plan:
     source: Output
     recipe: Recipe
     items: list[dict[str, Any]]  # one per ok video: video_id, faces file (None without faces), duration_s
+    faces: int  # face rows over those videos, from the videos table
     failed: tuple[tuple[str, str], ...]
     width: int
     schema: pa.Schema  # descriptor_schema with the provenance
@@ -230,11 +233,12 @@ def _plan(features: str, recipe: Recipe, storage_options: dict | None) -> _Plan:
     videos = source.read_tables("videos")
     if videos is None:
         raise ValueError(f"{redact_uri(features)}: no videos/ table; give the output of `emotibatch extract`")
-    items, failed = [], []
+    items, failed, faces = [], [], 0
     for row in videos.select(["video_id", "status", "error", "faces", "duration_s"]).to_pylist():
         if row["status"] != "ok":
             failed.append((row["video_id"], row["error"] or "failed"))
             continue
+        faces += row["faces"] or 0
         path = source.faces_path(row["video_id"]) if row["faces"] else None
         items.append({"video_id": row["video_id"], "path": path, "duration_s": row["duration_s"]})
     # Any faces file gives the schema: the extract writes an empty one for a clip without faces.
@@ -266,7 +270,8 @@ def _plan(features: str, recipe: Recipe, storage_options: dict | None) -> _Plan:
     out_schema = schema.with_metadata(
         schema.descriptor_schema(width, per_track=recipe.per_track, windows=recipe.windows is not None), info
     )
-    return _Plan(source, recipe, sorted(items, key=lambda i: i["video_id"]), tuple(failed), width, out_schema)
+    items = sorted(items, key=lambda i: i["video_id"])
+    return _Plan(source, recipe, items, faces, tuple(failed), width, out_schema)
 
 
 def emotion_model(provenance: schema.Provenance, feature_dim: int) -> dict[str, Any]:
@@ -350,6 +355,18 @@ def _prepare_output(output: str, storage_options: dict | None, overwrite: bool) 
     return out
 
 
+# Face rows from which a local Ray pays for its start-up: below, one process pools them sooner
+# (docs/benchmarks.md, "In-process or Ray").
+RAY_MIN_FACES = 1_000_000
+
+
+def on_ray(address: str | None, faces: int) -> bool:
+    """Ray when a cluster is named (`address`, RAY_ADDRESS as inside `ray job submit`) or this driver is
+    connected already, or when `faces` rows are enough to gain from an embedded local Ray."""
+    named = bool(address or os.environ.get("RAY_ADDRESS")) or ray.is_initialized()
+    return named or faces >= RAY_MIN_FACES
+
+
 def aggregate(
     features: str,
     recipe: Recipe | RecipeName,
@@ -358,18 +375,17 @@ def aggregate(
     overwrite: bool = False,
     storage_options: dict | None = None,
     address: str | None = None,
-    local: bool = False,
 ) -> AggregateResult:
     """Descriptors of every finished clip of the extract output `features`.
 
     Written as Parquet files under `output`, or returned in `AggregateResult.table` (sorted) when it is
-    None. `local` runs in this process without Ray: for small outputs, where Ray's start-up dominates.
+    None. Runs in this process unless `on_ray`: a small output is done before Ray would have started.
     """
     recipe = recipe if isinstance(recipe, Recipe) else Recipe(recipe)
     plan = _plan(features, recipe, storage_options)
     out = _prepare_output(output, storage_options, overwrite) if output is not None else None
     table: pa.Table | None = None
-    if local or not plan.items:
+    if not plan.items or not on_ray(address, plan.faces):
         batch = pa.Table.from_pylist(plan.items)
         table = _concat(_describe_items(batch, plan.source, recipe, plan.width), plan.schema)
         rows = len(table)
@@ -432,14 +448,11 @@ def load_descriptors(
     *,
     storage_options: dict | None = None,
     address: str | None = None,
-    local: bool = False,
 ) -> pa.Table:
     """Descriptors made with `recipe`: aggregated from an extract output, or read from an aggregate output
     (refused when that was made with another recipe rather than silently used)."""
     if is_extract_output(features, storage_options):
-        return aggregate(
-            features, recipe, storage_options=storage_options, address=address, local=local
-        ).table
+        return aggregate(features, recipe, storage_options=storage_options, address=address).table
     table = read_descriptors(features, storage_options)
     stored = schema.read_metadata(table.schema)["recipe"]
     wanted = recipe.params()

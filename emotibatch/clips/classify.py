@@ -424,7 +424,6 @@ def fit(
     seed: int = 0,
     storage_options: dict | None = None,
     address: str | None = None,
-    local: bool = False,
 ) -> ClipModel:
     """Read the labels, get the descriptors (aggregating an extract output), fit, evaluate, save to `out`.
 
@@ -435,9 +434,9 @@ def fit(
     train = read_labels(labels, task, target=target)
     held = read_labels(val, task, target=target) if val is not None else None
     if val_features is not None and val is None:
-        raise ValueError("--val-features needs --val (the labels of those clips)")
+        raise ValueError("--val-extract needs --val (the labels of those clips)")
     chosen = Recipe(recipe or TASKS[task].recipe, emotion_probs=emotion_probs)
-    common = {"storage_options": storage_options, "address": address, "local": local}
+    common = {"storage_options": storage_options, "address": address}
     descriptors = load_descriptors(features, chosen, **common)
     held_descriptors = load_descriptors(val_features, chosen, **common) if val_features else None
     model = ClipModel(task, estimator=estimator, n_splits=n_splits, seed=seed).fit(
@@ -457,7 +456,6 @@ def predict(
     per_track: bool = False,
     storage_options: dict | None = None,
     address: str | None = None,
-    local: bool = False,
 ) -> pa.Table:
     """Predict every clip (track, window) of an extract or aggregate output; write Parquet to `out`."""
     model = ClipModel.load(model_dir)
@@ -468,9 +466,7 @@ def predict(
             window_step=window_step,
             per_track=per_track,
         )
-        descriptors = aggregate(
-            features, recipe, storage_options=storage_options, address=address, local=local
-        ).table
+        descriptors = aggregate(features, recipe, storage_options=storage_options, address=address).table
     elif windows is not None or window_step is not None or per_track:
         raise ValueError(
             f"{redact_uri(features)} is aggregated already: --windows and --per-track apply to extract outputs"

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import uuid
@@ -226,9 +227,14 @@ def extract(config: ExtractConfig) -> RunResult:
 
 def run(plan: Plan, progress: Progress = SILENT, *, verbose: bool = False) -> RunResult:
     """Run a prepared job on the cluster `--address` names, or an embedded local Ray (cluster.connected,
-    quiet unless `verbose`), telling `progress` how it goes."""
+    quiet unless `verbose`), telling `progress` how it goes.
+
+    A rerun that finds every input finished starts no Ray (seconds, not a cluster's start-up): it only
+    writes its runs row."""
     try:
-        with connected(plan.config.address, verbose=verbose):
+        finished = plan.output.finished()
+        idle = all(source.video_id in finished for source in plan.sources)
+        with contextlib.nullcontext() if idle else connected(plan.config.address, verbose=verbose):
             return execute(plan, progress)
     finally:
         plan.release()

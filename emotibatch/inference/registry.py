@@ -391,7 +391,7 @@ def _install(
 def _unavailable(card: ModelCard, reason: str) -> ModelUnavailableError:
     return ModelUnavailableError(
         f"model {card.name} is not cached and cannot be downloaded from {redact_uri(card.url)} ({reason}). "
-        f"Either run `emotibatch models pull {card.name} --to DIR_OR_URI` on a machine with internet access, "
+        f"Either run `emotibatch models pull {card.name} --output DIR_OR_URI` on a machine with internet access, "
         f"then pass `--model-dir DIR_OR_URI` or set {MODEL_DIR_ENV}=DIR_OR_URI; "
         "or give the model as a local path or URI of its .onnx file."
     )
@@ -436,7 +436,7 @@ def resolve_card(
     """A verified local copy of `card`'s model: from the cache, else `model_dir`, else the card's URL.
 
     `model_dir` (default `$EMOTIBATCH_MODEL_DIR`) is a local dir or fsspec URI holding `<name>.onnx`, as
-    written by `emotibatch models pull --to`. Without a published or pinned hash, the first copy is trusted
+    written by `emotibatch models pull --output`. Without a published or pinned hash, the first copy is trusted
     and its sha256 pinned in the cache's `pins.json`; every later copy must match it.
     """
     _show_license(card)

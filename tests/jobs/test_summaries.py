@@ -76,7 +76,7 @@ def test_fitted_model_timelines_equal_predict(tmp_path: Path) -> None:
     """An engagewild regressor over 0.4 s windows of each track gives what `emotibatch predict` gives."""
     extract_dir, labels = write_levels_corpus(tmp_path)
     model_dir = tmp_path / "model"
-    classify.fit(str(extract_dir), str(labels), "engagewild", model_dir, n_splits=2, local=True)
+    classify.fit(str(extract_dir), str(labels), "engagewild", model_dir, n_splits=2)
     emotion = standins.make_emotion_model(tmp_path / "models/enet_b0_8_best_vgaf.onnx", feature_dim=16)
     extract = ExtractConfig(inputs=("in",), output="out", model=str(emotion))
     engagement = nightly.load_engagement(str(model_dir), extract, window_s=0.4)
@@ -87,7 +87,7 @@ def test_fitted_model_timelines_equal_predict(tmp_path: Path) -> None:
     )
 
     predicted = classify.predict(
-        str(extract_dir), model_dir, str(tmp_path / "p.parquet"), windows=0.4, per_track=True, local=True
+        str(extract_dir), model_dir, str(tmp_path / "p.parquet"), windows=0.4, per_track=True
     )
     predicted = predicted.filter(pc.equal(predicted["video_id"], "clip03"))
     assert (
@@ -108,7 +108,7 @@ def test_models_that_cannot_use_the_features_are_refused(tmp_path: Path, emotion
     write_synthetic_extract(tmp_path / "x", {f"c{i}": np.full(16, i % 2) for i in range(6)}, frames=4)
     labels = tmp_path / "labels.csv"
     labels.write_text("video_id,label\n" + "".join(f"c{i},{'ab'[i % 2]}\n" for i in range(6)))
-    classify.fit(str(tmp_path / "x"), str(labels), "generic", tmp_path / "generic", n_splits=2, local=True)
+    classify.fit(str(tmp_path / "x"), str(labels), "generic", tmp_path / "generic", n_splits=2)
     with pytest.raises(ValueError, match=r"come from emotion model .*, not 'enet_b0_8_best_vgaf' \(16-d\)"):
         nightly.load_engagement(
             str(tmp_path / "generic"), ExtractConfig(inputs=("in",), output="out", model=str(emotion_path))
@@ -122,11 +122,11 @@ def test_models_that_cannot_use_the_features_are_refused(tmp_path: Path, emotion
 
 @pytest.mark.slow
 def test_fit_job_is_emotibatch_fit(tmp_path: Path) -> None:
-    """`python jobs/fit.py` takes `emotibatch fit`'s options (here without Ray: --local)."""
+    """`python jobs/fit.py` takes `emotibatch fit`'s options (a small one runs without Ray)."""
     extract_dir, labels = write_levels_corpus(tmp_path)
-    args = ["--features", extract_dir, "--labels", labels, "--task", "engagewild", "--out", tmp_path / "m"]
+    args = ["--extract", extract_dir, "--labels", labels, "--task", "engagewild", "-o", tmp_path / "m"]
     done = subprocess.run(
-        [sys.executable, "jobs/fit.py", *map(str, args), "--folds", "2", "--local"],
+        [sys.executable, "jobs/fit.py", *map(str, args), "--folds", "2"],
         cwd=ROOT,
         capture_output=True,
         text=True,

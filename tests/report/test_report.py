@@ -271,9 +271,13 @@ def test_report_and_index_on_a_bucket() -> None:
 
 def test_cli_report_writes_one_video_page_where_told(synthetic: Path, tmp_path: Path) -> None:
     target = tmp_path / "deep" / "one.html"
-    result = CliRunner().invoke(cli, ["report", str(synthetic), "--video", "lecture", "--html", str(target)])
+    result = CliRunner().invoke(
+        cli, ["report", "--extract", str(synthetic), "--video", "lecture", "-o", str(target)]
+    )
     assert result.exit_code == 0, result.output
     assert result.output.strip() == f"report -> {target}"
     assert re.search(r"<title>emotibatch report: lecture</title>", target.read_text())
-    result = CliRunner().invoke(cli, ["report", str(synthetic), "--video", "nope", "--html", str(target)])
+    result = CliRunner().invoke(
+        cli, ["report", "--extract", str(synthetic), "--video", "nope", "-o", str(target)]
+    )
     assert result.exit_code == 2 and "has no video 'nope'" in result.output

@@ -27,7 +27,7 @@ def cache(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def offline_dir(tmp_path: Path) -> Path:
-    """A model dir holding a fake det_10g, as `models pull --to` would have written it."""
+    """A model dir holding a fake det_10g, as `models pull --output` would have written it."""
     path = tmp_path / "models"
     path.mkdir()
     (path / "det_10g.onnx").write_bytes(ONNX)
@@ -59,7 +59,7 @@ def test_models_pull_to_dir_writes_the_model_dir_layout(
     runner: CliRunner, tmp_path: Path, cache: Path
 ) -> None:
     out = tmp_path / "exported"
-    result = runner.invoke(cli, ["models", "pull", "det_10g", "--to", str(out)])
+    result = runner.invoke(cli, ["models", "pull", "det_10g", "--output", str(out)])
     assert result.exit_code == 0, result.output
     assert (out / "det_10g.onnx").read_bytes() == ONNX
     assert (cache / "det_10g.onnx").read_bytes() == ONNX
@@ -69,7 +69,9 @@ def test_models_pull_to_dir_writes_the_model_dir_layout(
 def test_models_pull_to_fsspec_uri(runner: CliRunner, tmp_path: Path) -> None:
     fs = fsspec.filesystem("memory")
     try:
-        result = runner.invoke(cli, ["models", "pull", "det_10g", "--to", f"memory://{tmp_path.name}/models"])
+        result = runner.invoke(
+            cli, ["models", "pull", "det_10g", "--output", f"memory://{tmp_path.name}/models"]
+        )
         assert result.exit_code == 0, result.output
         assert fs.cat(f"/{tmp_path.name}/models/det_10g.onnx") == ONNX
     finally:

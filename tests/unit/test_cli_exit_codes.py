@@ -35,15 +35,14 @@ def _fit(extract: Path, labels: Path, *more) -> list:
     out = extract.parent / "classifier"
     return [
         "fit",
-        "--features",
+        "--extract",
         extract,
         "--labels",
         labels,
         "--task",
         "generic",
-        "--out",
+        "-o",
         out,
-        "--local",
         *more,
     ]
 
@@ -66,12 +65,12 @@ def test_fit_on_too_few_clips_for_the_folds_names_folds(extract: Path) -> None:
 
 
 def test_predict_with_a_folder_that_is_no_classifier_is_bad_usage(extract: Path, tmp_path: Path) -> None:
-    args = ["predict", "--features", extract, "--model", tmp_path, "--out", tmp_path / "p.parquet", "--local"]
+    args = ["predict", "--extract", extract, "--classifier", tmp_path, "-o", tmp_path / "p.parquet"]
     _usage(args, "not a model directory")
 
 
 def test_report_on_a_folder_that_is_no_extract_output_is_bad_usage(tmp_path: Path) -> None:
-    _usage(["report", tmp_path], "no videos/ table; give the output of `emotibatch extract`")
+    _usage(["report", "--extract", tmp_path], "no videos/ table; give the output of `emotibatch extract`")
 
 
 def test_render_of_an_unknown_video_is_bad_usage(extract: Path, tmp_path: Path) -> None:

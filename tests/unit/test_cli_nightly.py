@@ -10,6 +10,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from emotibatch import nightly
 from emotibatch.cli import cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,7 +23,7 @@ def test_help_has_every_option_with_its_help_and_default() -> None:
         "--settle-minutes FLOAT",
         "[default: 30.0]",
         "--fps FLOAT",
-        "[default: 1.0]",
+        f"(nightly.LECTURE_SAMPLING)  [default: {nightly.LECTURE_SAMPLING.value}]",  # the help says it
         "--completion-marker SUFFIX",
         "--engagement-window SECONDS",
         "[default: 60.0]",

@@ -162,7 +162,7 @@ def extract(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_aggregate_keeps_clips_without_faces_skips_failed_and_records_provenance(extract: Path) -> None:
-    result = aggregate(str(extract), "afew", local=True)
+    result = aggregate(str(extract), "afew")
     assert (result.rows, result.clips, result.clips_without_faces) == (5, 5, 1)
     assert result.failed == (("broken", "cannot decode"),)
     table = result.table
@@ -186,14 +186,14 @@ def test_aggregate_writes_an_output_that_reads_back_and_is_not_overwritten_silen
     extract: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "agg"
-    result = aggregate(str(extract), Recipe("vgaf", emotion_probs=True), str(out), local=True)
+    result = aggregate(str(extract), Recipe("vgaf", emotion_probs=True), str(out))
     assert result.table is None and result.rows == 5
     table = read_descriptors(str(out))
     assert table.schema.field("descriptor").type.list_size == 4 * (6 + 8)
     assert schema.read_metadata(table.schema)["recipe"]["emotion_probs"] is True
     with pytest.raises(ValueError, match="already holds Parquet files"):
-        aggregate(str(extract), "vgaf", str(out), local=True)
-    aggregate(str(extract), "engagewild", str(out), local=True, overwrite=True)
+        aggregate(str(extract), "vgaf", str(out))
+    aggregate(str(extract), "engagewild", str(out), overwrite=True)
     assert read_descriptors(str(out)).schema.field("descriptor").type.list_size == 6
     with pytest.raises(ValueError, match=r"aggregated with recipe .*engagewild.*, not .*afew"):
         load_descriptors(str(out), Recipe("afew"))
@@ -202,15 +202,15 @@ def test_aggregate_writes_an_output_that_reads_back_and_is_not_overwritten_silen
 def test_an_extract_without_features_is_refused_clearly(tmp_path: Path) -> None:
     write_synthetic_extract(tmp_path, {"a": np.zeros(4)}, features_dtype="none")
     with pytest.raises(ValueError, match="--features-dtype none"):
-        aggregate(str(tmp_path), "afew", local=True)
+        aggregate(str(tmp_path), "afew")
     with pytest.raises(ValueError, match="no videos/ table"):
-        aggregate(str(tmp_path / "faces"), "afew", local=True)
+        aggregate(str(tmp_path / "faces"), "afew")
 
 
 def test_cli_aggregate_writes_track_windows_and_exits_2_on_bad_options(extract: Path, tmp_path: Path) -> None:
     out = tmp_path / "agg"
-    args = ["aggregate", "--features", extract, "--recipe", "engagewild", "--windows", "0.5", "--per-track"]
-    result = CliRunner().invoke(cli, [*map(str, args), "--output", str(out), "--local"])
+    args = ["aggregate", "--extract", extract, "--recipe", "engagewild", "--windows", "0.5", "--per-track"]
+    result = CliRunner().invoke(cli, [*map(str, args), "--output", str(out)])
     assert result.exit_code == 0, result.output
     assert "clips (1 without faces" in result.output
     assert "skipped failed video broken: cannot decode" in result.output
@@ -222,11 +222,11 @@ def test_cli_aggregate_writes_track_windows_and_exits_2_on_bad_options(extract: 
     assert json.loads(table.schema.metadata[schema.METADATA_KEY])["recipe"]["per_track"] is True
 
     bad = CliRunner().invoke(
-        cli, ["aggregate", "--features", str(extract), "--recipe", "afew", "--window-step", "1"]
+        cli, ["aggregate", "--extract", str(extract), "--recipe", "afew", "--window-step", "1"]
     )
     assert bad.exit_code == 2 and "--output" in bad.output
     bad = CliRunner().invoke(
         cli,
-        ["aggregate", "--features", str(extract), "--recipe", "afew", "-o", str(out), "--window-step", "1"],
+        ["aggregate", "--extract", str(extract), "--recipe", "afew", "-o", str(out), "--window-step", "1"],
     )
     assert bad.exit_code == 2 and "--window-step needs --windows" in bad.output

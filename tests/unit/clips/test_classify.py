@@ -76,19 +76,17 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def afew_model(corpus: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("afew_model")
-    classify.fit(str(corpus["extract"]), str(corpus["afew_train"]), "afew", out, local=True)
+    classify.fit(str(corpus["extract"]), str(corpus["afew_train"]), "afew", out)
     return out
 
 
 def test_cross_validation_is_clearly_above_chance_and_at_chance_on_shuffled_labels(
     corpus: dict[str, Path], tmp_path: Path
 ) -> None:
-    planted = classify.fit(str(corpus["extract"]), str(corpus["vgaf"]), "vgaf", tmp_path / "vgaf", local=True)
+    planted = classify.fit(str(corpus["extract"]), str(corpus["vgaf"]), "vgaf", tmp_path / "vgaf")
     assert planted.metrics_["balanced_accuracy"] > 0.75, planted.metrics_
     assert planted.metrics_["n"] == N_CLIPS
-    shuffled = classify.fit(
-        str(corpus["extract"]), str(corpus["shuffled"]), "vgaf", tmp_path / "shuffled", local=True
-    )
+    shuffled = classify.fit(str(corpus["extract"]), str(corpus["shuffled"]), "vgaf", tmp_path / "shuffled")
     assert shuffled.metrics_["balanced_accuracy"] < 0.55, shuffled.metrics_
     assert shuffled.card_["validation"] == "5-fold cross-validation grouped by video, seed 0"
 
@@ -102,7 +100,6 @@ def test_a_given_validation_split_scores_held_out_clips(
         "afew",
         tmp_path,
         val=str(corpus["afew_val"]),
-        local=True,
     )
     assert (model.card_["n_train"], model.card_["n_val"]) == (45, 15)
     assert model.metrics_["accuracy"] > 0.8, model.metrics_
@@ -121,7 +118,6 @@ def test_a_validation_split_extracted_apart_is_scored_and_must_match(
         tmp_path / "m",
         val=str(corpus["afew_val"]),
         val_features=str(corpus["val_only"]),
-        local=True,
     )
     assert (model.card_["n_train"], model.card_["n_val"]) == (45, 15)
     assert model.metrics_["accuracy"] > 0.8, model.metrics_
@@ -134,16 +130,14 @@ def test_a_validation_split_extracted_apart_is_scored_and_must_match(
             tmp_path / "n",
             val=str(corpus["afew_val"]),
             val_features=str(corpus["other_model"]),
-            local=True,
         )
-    with pytest.raises(ValueError, match="--val-features needs --val"):
+    with pytest.raises(ValueError, match="--val-extract needs --val"):
         classify.fit(
             str(corpus["train_only"]),
             str(corpus["afew_train"]),
             "afew",
             tmp_path / "o",
             val_features=str(corpus["val_only"]),
-            local=True,
         )
 
 
@@ -168,7 +162,7 @@ def test_the_model_directory_holds_model_card_metrics_and_confusion_plot(afew_mo
 def test_predict_keeps_clips_without_faces_with_a_null_prediction(
     afew_model: Path, corpus: dict[str, Path], tmp_path: Path
 ) -> None:
-    table = classify.predict(str(corpus["extract"]), afew_model, str(tmp_path / "p.parquet"), local=True)
+    table = classify.predict(str(corpus["extract"]), afew_model, str(tmp_path / "p.parquet"))
     assert table.schema.names == ["video_id", "prediction", "score_Happy", "score_Neutral", "score_Sad"]
     scored = table.filter(table["prediction"].is_valid())
     best = np.array([scored[f"score_{c}"].to_numpy() for c in ("Happy", "Neutral", "Sad")]).argmax(0)
@@ -183,10 +177,8 @@ def test_predict_keeps_clips_without_faces_with_a_null_prediction(
 def test_window_probabilities_sum_to_one_and_an_aggregate_output_is_predicted(
     corpus: dict[str, Path], tmp_path: Path
 ) -> None:
-    classify.fit(str(corpus["extract"]), str(corpus["vgaf"]), "vgaf", tmp_path / "m", local=True)
-    table = classify.predict(
-        str(corpus["extract"]), tmp_path / "m", str(tmp_path / "p.parquet"), windows=0.4, local=True
-    )
+    classify.fit(str(corpus["extract"]), str(corpus["vgaf"]), "vgaf", tmp_path / "m")
+    table = classify.predict(str(corpus["extract"]), tmp_path / "m", str(tmp_path / "p.parquet"), windows=0.4)
     assert table.schema.names == [
         "video_id",
         "window_start_s",
@@ -203,7 +195,7 @@ def test_window_probabilities_sum_to_one_and_an_aggregate_output_is_predicted(
         np.nansum(probs, axis=0)[:-2], 1.0, rtol=0, atol=3 * float(np.finfo(np.float32).eps)
     )
 
-    aggregate(str(corpus["extract"]), "vgaf", str(tmp_path / "agg"), local=True)
+    aggregate(str(corpus["extract"]), "vgaf", str(tmp_path / "agg"))
     from_aggregate = classify.predict(str(tmp_path / "agg"), tmp_path / "m", str(tmp_path / "q.parquet"))
     assert len(from_aggregate) == N_CLIPS + 1
     with pytest.raises(ValueError, match="aggregated already"):
@@ -219,12 +211,11 @@ def test_regression_beats_the_level_variance_and_predicts_the_nearest_level(
         "engagewild",
         tmp_path / "m",
         recipe="afew",
-        local=True,
     )
     levels = np.array([round((i % 4) / 3, 2) for i in range(N_CLIPS)])
     assert model.metrics_["mse"] < 0.3 * levels.var(), model.metrics_
     assert {"mse", "mae"} <= set(model.metrics_) and (tmp_path / "m/predicted_vs_true.png").exists()
-    table = classify.predict(str(corpus["levels"]), tmp_path / "m", str(tmp_path / "p.parquet"), local=True)
+    table = classify.predict(str(corpus["levels"]), tmp_path / "m", str(tmp_path / "p.parquet"))
     assert table.schema.names == ["video_id", "prediction", "score"]
     assert set(table["prediction"].to_pylist()) <= {0.0, 0.33, 0.67, 1.0}
 
@@ -232,15 +223,11 @@ def test_regression_beats_the_level_variance_and_predicts_the_nearest_level(
 def test_same_seed_same_result(corpus: dict[str, Path], tmp_path: Path) -> None:
     runs = []
     for name in ("a", "b"):
-        model = classify.fit(
-            str(corpus["extract"]), str(corpus["afew_train"]), "afew", tmp_path / name, local=True
-        )
+        model = classify.fit(str(corpus["extract"]), str(corpus["afew_train"]), "afew", tmp_path / name)
         runs.append(
             (
                 model.metrics_,
-                classify.predict(
-                    str(corpus["extract"]), tmp_path / name, str(tmp_path / f"{name}.parquet"), local=True
-                ),
+                classify.predict(str(corpus["extract"]), tmp_path / name, str(tmp_path / f"{name}.parquet")),
             )
         )
     assert runs[0][0] == runs[1][0]
@@ -254,8 +241,8 @@ def test_features_of_another_emotion_model_or_recipe_are_refused(
         ValueError,
         match=r"emotion model 'enet_b2_8' .*, not 'enet_b0_8_best_vgaf' .* this afew model was trained on",
     ):
-        classify.predict(str(corpus["other_model"]), afew_model, str(tmp_path / "p.parquet"), local=True)
-    aggregate(str(corpus["extract"]), "vgaf", str(tmp_path / "vgaf"), local=True)
+        classify.predict(str(corpus["other_model"]), afew_model, str(tmp_path / "p.parquet"))
+    aggregate(str(corpus["extract"]), "vgaf", str(tmp_path / "vgaf"))
     with pytest.raises(ValueError, match=r"recipe \{'name': 'vgaf'.* trained on recipe \{'name': 'afew'"):
         classify.predict(str(tmp_path / "vgaf"), afew_model, str(tmp_path / "p.parquet"))
     assert not (tmp_path / "p.parquet").exists()
@@ -265,7 +252,7 @@ def test_a_model_file_of_the_same_name_but_other_bytes_is_refused(
     afew_model: Path, corpus: dict[str, Path]
 ) -> None:
     model = ClipModel.load(afew_model)
-    descriptors = aggregate(str(corpus["extract"]), "afew", local=True).table
+    descriptors = aggregate(str(corpus["extract"]), "afew").table
     meta = schema.read_metadata(descriptors.schema)
 
     def with_sha(sha: str | None) -> pa.Table:
@@ -285,7 +272,7 @@ def test_the_card_records_both_model_files(corpus: dict[str, Path], tmp_path: Pa
     means = {f"clip{i:02d}": np.full(DIM, i % 3, np.float32) for i in range(N_CLIPS)}
     features = tmp_path / "extract"
     write_synthetic_extract(features, means, frames=4, model_sha256=model_sha, detector_sha256=detector_sha)
-    fitted = classify.fit(str(features), str(corpus["afew_train"]), "afew", tmp_path / "m", local=True)
+    fitted = classify.fit(str(features), str(corpus["afew_train"]), "afew", tmp_path / "m")
     card = json.loads((tmp_path / "m" / "model_card.json").read_text())
     assert card == fitted.card_
     assert (card["emotion_model"]["sha256"], card["detector_sha256"]) == (model_sha, detector_sha)
@@ -303,16 +290,14 @@ def test_a_skops_file_with_foreign_types_is_not_loaded(afew_model: Path, tmp_pat
 
 def test_bad_parameters_and_labels_of_the_wrong_kind(corpus: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="n_splits must be an integer >= 2"):
-        classify.fit(str(corpus["extract"]), str(corpus["vgaf"]), "vgaf", tmp_path, n_splits=1, local=True)
+        classify.fit(str(corpus["extract"]), str(corpus["vgaf"]), "vgaf", tmp_path, n_splits=1)
     with pytest.raises(ValueError, match="task must be one of"):
-        classify.fit(str(corpus["extract"]), str(corpus["vgaf"]), "abaw", tmp_path, local=True)  # type: ignore[arg-type]
+        classify.fit(str(corpus["extract"]), str(corpus["vgaf"]), "abaw", tmp_path)  # type: ignore[arg-type]
     with pytest.raises(
         ValueError,
         match=r"task vgaf \(classification\) takes estimator \['linearsvc', 'logistic', 'svc-rbf'\], got 'svr'",
     ):
-        classify.fit(
-            str(corpus["extract"]), str(corpus["vgaf"]), "vgaf", tmp_path, estimator="svr", local=True
-        )
+        classify.fit(str(corpus["extract"]), str(corpus["vgaf"]), "vgaf", tmp_path, estimator="svr")
 
 
 def test_svr_and_logistic_estimators_are_fitted_recorded_and_reloaded(
@@ -325,7 +310,6 @@ def test_svr_and_logistic_estimators_are_fitted_recorded_and_reloaded(
         tmp_path / "svr",
         recipe="afew",
         estimator="svr",
-        local=True,
     )
     assert "SVR()" in model.card_["estimator"] and model.card_["params"]["estimator"] == "svr"
     assert ClipModel.load(tmp_path / "svr").estimator == "svr"
@@ -335,7 +319,6 @@ def test_svr_and_logistic_estimators_are_fitted_recorded_and_reloaded(
         "afew",
         tmp_path / "lr",
         estimator="logistic",
-        local=True,
     )
     assert "LogisticRegression" in logistic.card_["estimator"]
     assert logistic.metrics_["balanced_accuracy"] > 0.75, logistic.metrics_
@@ -349,7 +332,7 @@ def test_cli_fit_and_predict_report_label_joins_and_refuse_unusable_features(
         cli,
         [
             "fit",
-            "--features",
+            "--extract",
             str(corpus["extract"]),
             "--labels",
             str(corpus["afew_train"]),
@@ -357,9 +340,8 @@ def test_cli_fit_and_predict_report_label_joins_and_refuse_unusable_features(
             "afew",
             "--val",
             str(corpus["afew_val"]),
-            "--out",
+            "--output",
             str(tmp_path / "m"),
-            "--local",
         ],
     )
     assert fit.exit_code == 0, fit.output
@@ -375,13 +357,12 @@ def test_cli_fit_and_predict_report_label_joins_and_refuse_unusable_features(
         cli,
         [
             "predict",
-            "--features",
+            "--extract",
             str(corpus["extract"]),
-            "--model",
+            "--classifier",
             str(tmp_path / "m"),
-            "--out",
+            "--output",
             str(tmp_path / "p.parquet"),
-            "--local",
         ],
     )
     assert predict.exit_code == 0, predict.output
@@ -392,13 +373,12 @@ def test_cli_fit_and_predict_report_label_joins_and_refuse_unusable_features(
         cli,
         [
             "predict",
-            "--features",
+            "--extract",
             str(corpus["other_model"]),
-            "--model",
+            "--classifier",
             str(tmp_path / "m"),
-            "--out",
+            "--output",
             str(tmp_path / "q.parquet"),
-            "--local",
         ],
     )
     assert refused.exit_code == 2 and "emotion model 'enet_b2_8'" in refused.output
@@ -409,15 +389,14 @@ def test_cli_fit_and_predict_report_label_joins_and_refuse_unusable_features(
         cli,
         [
             "fit",
-            "--features",
+            "--extract",
             str(none),
             "--labels",
             str(corpus["vgaf"]),
             "--task",
             "vgaf",
-            "--out",
+            "--output",
             str(tmp_path / "n"),
-            "--local",
         ],
     )
     assert refused.exit_code == 2 and "--features-dtype none" in refused.output

@@ -6,6 +6,7 @@ import dataclasses
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from emotibatch import schema
@@ -101,3 +102,20 @@ def test_face_crops_record_no_detector(emotion_path: Path, tmp_path: Path) -> No
     plan.release()
     provenance = schema.Provenance.from_schema(plan.faces_schema)
     assert (provenance.detector, provenance.detector_sha256) == (None, None)
+
+
+@pytest.mark.slow
+def test_a_rerun_with_every_input_finished_starts_no_ray(
+    emotion_path: Path, scrfd_path: Path, tmp_path: Path
+) -> None:
+    """The unit conftest makes ray.init an error: the rerun returns without it, and still writes its runs
+    row (the skipped video counted)."""
+    config = _config(tmp_path, str(emotion_path), str(scrfd_path))
+    plan = pipeline.prepare(config)
+    (source,) = plan.sources
+    row = {"video_id": source.video_id, "source_uri": source.source_uri, "status": "ok", "run_id": "earlier"}
+    plan.output.commit_video(source.video_id, None, pa.Table.from_pylist([row], schema.VIDEOS_BASE))
+    result = pipeline.run(plan)
+    assert (result.videos, result.run["videos"], result.run["videos_skipped"]) == ([], 1, 1)
+    assert plan.output.fs.exists(plan.output.run_path(plan.run_id))
+    assert not (tmp_path / "out" / LEASE_FILE).exists()

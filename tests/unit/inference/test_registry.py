@@ -245,7 +245,7 @@ def test_offline_without_copy_raises_one_clear_error(caplog: pytest.LogCaptureFi
             resolve_card(emotion_card(card_url))
         message = str(error.value)
         assert "test_emotion" in message and url in message
-        assert "emotibatch models pull test_emotion --to DIR_OR_URI" in message
+        assert "emotibatch models pull test_emotion --output DIR_OR_URI" in message
         assert "--model-dir DIR_OR_URI" in message and registry.MODEL_DIR_ENV in message
         assert "local path or URI" in message
     assert "hunter2" not in message + caplog.text and "s3cr3t" not in message + caplog.text
