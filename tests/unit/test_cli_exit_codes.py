@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 from click.testing import CliRunner
 
 from emotibatch.cli import EXIT_INTERRUPTED, EXIT_USAGE, cli
@@ -90,10 +89,14 @@ def test_cuda_without_its_provider_fails_in_prepare_with_the_install_hint(
 ) -> None:
     """Before the models are even read (this model file does not exist) and before Ray starts."""
     monkeypatch.setattr(runtime, "cuda_available", lambda: False)
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("the job connected to Ray")
+
+    monkeypatch.setattr(pipeline, "connected", no_cluster)  # a session's Ray may be up: ask the job itself
     args = ["extract", tmp_path, "-o", tmp_path / "out", "--device", "cuda", "--model", tmp_path / "no.onnx"]
     _usage(args, "no CUDA provider", "install emotibatch[gpu]")
     assert not (tmp_path / "out").exists()
-    assert not ray.is_initialized()
 
 
 def test_ctrl_c_exits_130_and_says_a_rerun_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
