@@ -98,8 +98,12 @@ def test_small_work_runs_in_process_and_a_named_cluster_or_large_work_on_ray(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(aggregate.ray, "is_initialized", lambda: False)  # whatever this session started
     assert not aggregate.on_ray(None, aggregate.RAY_MIN_FACES - 1)
     assert aggregate.on_ray(None, aggregate.RAY_MIN_FACES)
     assert aggregate.on_ray("ray://head:10001", 0)
     monkeypatch.setenv("RAY_ADDRESS", "auto")  # as inside `ray job submit`
+    assert aggregate.on_ray(None, 0)
+    monkeypatch.delenv("RAY_ADDRESS")
+    monkeypatch.setattr(aggregate.ray, "is_initialized", lambda: True)  # a driver already connected
     assert aggregate.on_ray(None, 0)
