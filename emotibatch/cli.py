@@ -115,12 +115,20 @@ def models_pull(names: tuple[str, ...], to: str | None, sha256: str | None, stor
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOME_FAILED = 0, 1, 2, 3
 
 
-def _sampling(fps: float | None, every: int | None, all_frames: bool) -> Sampling:
+def _sampling(fps: float | None, every: int | None, all_frames: bool, keyframes: bool) -> Sampling:
     chosen = [
         name for name, value in (("--fps", fps), ("--every", every), ("--all-frames", all_frames)) if value
     ]
     if len(chosen) > 1:
         raise click.UsageError(f"choose one of --fps, --every, --all-frames (got {', '.join(chosen)})")
+    if keyframes and (every is not None or all_frames):
+        raise click.UsageError("--keyframes takes --fps F as an upper bound or nothing")
+    if keyframes:
+        return (
+            Sampling("fps", fps, frames="keyframes")
+            if fps is not None
+            else Sampling("all", frames="keyframes")
+        )
     if fps is not None:
         return Sampling("fps", fps)
     if every is not None:
@@ -144,6 +152,12 @@ def _sampling(fps: float | None, every: int | None, all_frames: bool) -> Samplin
 @click.option("--fps", type=float, help="Sample the frame nearest to each k/F seconds from the video start.")
 @click.option("--every", type=int, help="Sample frames 0, N, 2N, ...")
 @click.option("--all-frames", is_flag=True, help="Every frame (the default; what ABAW annotations need).")
+@click.option(
+    "--keyframes",
+    is_flag=True,
+    help="Decode only keyframes (all of them; with --fps F at most F a second): the real rate is bounded "
+    "by the keyframe interval (videos/ records it as sampled_fps).",
+)
 @click.option(
     "--segment-seconds", type=float, default=60.0, show_default=True, help="Split long videos into segments."
 )
@@ -188,7 +202,7 @@ def _sampling(fps: float | None, every: int | None, all_frames: bool) -> Samplin
 )
 @click.option("--overwrite", is_flag=True, help="Replace an output made with other settings.")
 @storage_options_option
-def extract(inputs: tuple[str, ...], fps, every, all_frames, storage_options, **options) -> None:
+def extract(inputs: tuple[str, ...], fps, every, all_frames, keyframes, storage_options, **options) -> None:
     """Detect faces and their emotions in INPUT... (videos, folders, globs, URIs or CSV/Parquet manifests).
 
     Reruns with the same arguments skip finished videos, retry failed ones and never duplicate rows.
@@ -196,7 +210,7 @@ def extract(inputs: tuple[str, ...], fps, every, all_frames, storage_options, **
     try:
         config = ExtractConfig(
             inputs=inputs,
-            sampling=_sampling(fps, every, all_frames),
+            sampling=_sampling(fps, every, all_frames, keyframes),
             storage_options=storage_options,
             **options,
         )
@@ -552,6 +566,11 @@ NIGHTLY_EXTRACT_OPTIONS = (
     help="Sample the frame nearest to each k/F seconds.",
 )
 @click.option(
+    "--keyframes",
+    is_flag=True,
+    help="Decode only keyframes, at most --fps a second: the real rate is bounded by the keyframe interval.",
+)
+@click.option(
     "--settle-minutes",
     type=float,
     default=30.0,
@@ -583,6 +602,7 @@ def nightly_command(
     prefix: str,
     output: str,
     fps: float,
+    keyframes: bool,
     settle_minutes: float,
     completion_marker: str | None,
     engagement_model: str | None,
@@ -599,7 +619,12 @@ def nightly_command(
     """
     try:
         config = nightly.NightlyConfig(
-            ExtractConfig(inputs=(prefix,), output=output, sampling=Sampling("fps", fps), **options),
+            ExtractConfig(
+                inputs=(prefix,),
+                output=output,
+                sampling=Sampling("fps", fps, frames="keyframes" if keyframes else "any"),
+                **options,
+            ),
             settle_minutes=settle_minutes,
             completion_marker=completion_marker,
             engagement_model=engagement_model,
