@@ -586,3 +586,46 @@ def test_keyframe_sampling_fails_a_video_without_keyframe_times(
     job = decode.plan_video(videos["avi"], Sampling(frames="keyframes"), 60.0)
     assert not job.indices and "v.avi has no keyframe times" in job.error and "--fps" in job.error
     assert job.sampling == Sampling(frames="keyframes")
+
+
+@pytest.mark.parametrize("name", ["bframes", "no_bframes"])
+@pytest.mark.parametrize("rate", [0.3, 1.0, 5.0])
+def test_every_decoding_path_gives_the_same_frames(
+    lectures: dict[str, VideoSource], name: str, rate: float
+) -> None:
+    """decord's get_batch, PyAV seeking to the keyframe before each run of targets, and PyAV from the
+    first frame: the same indices and pixels, split into segments or not (0.3 fps: targets further apart
+    than the 2 s GOP, so PyAV seeks between them)."""
+    source = lectures[name]
+    info = probe(source)
+    indices = sample_indices(info, Sampling("fps", rate))
+    assert not set(indices.tolist()) <= set(info.keyframes)  # not the keyframe path
+    from_start = dataclasses.replace(info, seekable=False)
+    reference = {
+        i: f
+        for i, _, f in decode_segment(source, from_start, Segment(name, 0, 0, 200, indices), backend="pyav")
+    }
+    assert list(reference) == indices.tolist() and all(read_stamp(f) == i for i, f in reference.items())
+    for backend in ("decord", "pyav"):
+        for seconds in (None, 1.0, 3.0):
+            got = [
+                (i, f)
+                for segment in plan_segments(info, indices, seconds, video_id=name)
+                for i, _, f in decode_segment(source, info, segment, backend=backend)
+            ]
+            assert [i for i, _ in got] == indices.tolist()
+            assert all(np.array_equal(f, reference[i]) for i, f in got), (backend, seconds)
+
+
+def test_pyav_seeks_only_where_the_next_keyframe_is_past_the_last_target() -> None:
+    """A seek pays where it skips frames: the keyframe before the next target lies past the frame after
+    the last target. Not seekable (or no keyframes known): one run from the first frame."""
+    info = info_of(25.0, 400, keyframes=(0, 50, 100, 150, 200), keyframe_pts=range(5))
+    assert decode._runs(info, [10, 40, 60, 149, 160, 390]) == [
+        (0, [10, 40]),
+        (50, [60]),  # decoding on from 40 would decode 41-49 too
+        (100, [149, 160]),  # 160's keyframe 150 is the frame after 149: decoding on costs no more
+        (200, [390]),
+    ]
+    assert decode._runs(dataclasses.replace(info, seekable=False), [60, 390]) == [(None, [60, 390])]
+    assert decode._runs(info_of(25.0, 400), [60, 390]) == [(None, [60, 390])]
