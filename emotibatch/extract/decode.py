@@ -35,8 +35,15 @@ For the extraction job, `plan_video` does steps 1-3 for one source and never rai
 the error), and `decode_blocks` is step 4 as Ray Data blocks of raw frames. Both run in Ray workers that
 need no models: this module imports none.
 
-Videos in `SEEKABLE_EXTENSIONS` containers are decoded with decord's `get_batch`, which seeks to the
-keyframe before each wanted frame. decord's seeks (and its `skip_frames`) return wrong frames in containers
+Paths. Whichever decodes, the frames are the same (tests/unit/extract/test_decode.py); the cheapest is
+chosen. Keyframes only: PyAV skipping every other frame (below). Otherwise PyAV decodes runs of wanted
+frames (`_runs`), each from the keyframe before it, seeking there in a seekable video where that keyframe
+lies past the last frame decoded: never more frames than decoding from the start, far fewer where
+targets are further apart than the keyframe interval. Measured on lecture-like 720p and 1080p recordings
+(docs/benchmarks.md, Decoding), that costs less CPU than decord's `get_batch` at 1 fps, 5 fps and every
+frame, and more threads per decoder bring no saving in CPU-seconds. decord's `get_batch` (seeking to the
+keyframe before each wanted frame) stays for seekable videos whose keyframes are unknown, and where a
+caller asks for it. decord's seeks (and its `skip_frames`) return wrong frames in containers
 without a frame index: off by up to 288 frames for H.264 in AVI, 230 in MPEG-PS (.mpg), 11 in ASF (.wmv),
 and in MPEG-TS even sequential reads are off by a GOP. Those videos, and every video where decord has no
 wheel, are decoded by PyAV from the start, keeping the wanted frames (a packet cut short is skipped and
@@ -449,8 +456,9 @@ def decode_segment(
     backend: Backend | None = None,
 ) -> Iterator[tuple[int, float, np.ndarray]]:
     """Yield (frame_index, timestamp_s, RGB uint8 HxWx3 frame) for the segment's frames in index order;
-    a frame that does not decode is left out (see the module doc). decord decodes `batch_size` frames at
-    a time (the frames of a batch are views of one array). Raises DecodeError."""
+    a frame that does not decode is left out (see the module doc, Paths: `backend` forces one where the
+    frames are not all keyframes). decord decodes `batch_size` frames at a time (the frames of a batch are
+    views of one array). Raises DecodeError."""
     _check_threads(num_threads)
     indices = list(segment.frame_indices)
     if not indices:
@@ -459,7 +467,7 @@ def decode_segment(
         frames = _decode_frames(source, indices, storage_options)
     elif set(indices) <= set(info.keyframes):
         frames = _decode_keyframes(source, info, indices, storage_options, num_threads)
-    elif info.seekable and (backend or default_backend()) == "decord":
+    elif info.seekable and (backend or ("pyav" if info.keyframes else default_backend())) == "decord":
         frames = _decode_decord(source, indices, storage_options, num_threads, batch_size)
     else:
         frames = _decode_pyav(source, info, indices, storage_options, num_threads)

@@ -38,6 +38,8 @@ STAMP_ROWS = 8
 STAMP_LEVEL = 96
 # One keyframe a second: seeking then decodes at most a second of frames.
 KEYFRAME_SECONDS = 1.0
+# A lecture camera's sensor noise in levels: enough that no two frames are alike.
+SENSOR_NOISE = 28
 # Ticks per second of a variable-rate sample's presentation times (make_video's `times`), MP4's usual.
 VFR_TIME_BASE = 15360
 
@@ -185,8 +187,8 @@ def make_lecture(
     seed: int = 0,
 ) -> Path:
     """A lecture-like H.264 recording: a static slide (dark text-like blocks on light grey, a new slide
-    every `slide_seconds`) and a speaker region (a quarter of the width) that drifts sideways and carries
-    fresh sensor noise every frame, as a camera picture does. Keyframes come exactly every `gop_seconds`
+    every `slide_seconds`) and a speaker region (a smooth figure a quarter of the width) that drifts
+    sideways and carries fresh sensor noise (levels 0-SENSOR_NOISE) every frame, as a camera picture does. Keyframes come exactly every `gop_seconds`
     (no scene-cut keyframes, as lecture-capture encoders are set up); `bframes` gives x264's 3 B-frames
     or none. What decoding costs depends on this mix, so `benchmarks/decode.py` measures on it."""
     if width % 2 or height % 2:
@@ -199,6 +201,8 @@ def make_lecture(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     slide = np.zeros((height, width), np.uint8)
+    coarse = rng.integers(60, 170, (8, 6), np.uint8)  # a smooth figure: clothes, face, hair
+    figure = cv2.resize(coarse, (side_w, side_h), interpolation=cv2.INTER_CUBIC)[..., None]
     with av.open(str(path), "w") as container:
         stream = container.add_stream(
             "libx264", rate=rate, options={"crf": "23", "preset": preset, "x264-params": params}
@@ -213,8 +217,8 @@ def make_lecture(
             x0 = round((width - side_w) * (0.75 + 0.2 * math.sin(2 * math.pi * i / (20 * float(rate)))))
             x0 = min(max(0, x0), width - side_w)
             image = np.repeat(slide[..., None], 3, axis=2)
-            speaker = rng.integers(90, 150, (side_h, side_w, 1), np.uint8)
-            image[height - side_h :, x0 : x0 + side_w] = speaker
+            noise = rng.integers(0, SENSOR_NOISE + 1, (side_h, side_w, 1), np.uint8)
+            image[height - side_h :, x0 : x0 + side_w] = figure + noise
             if stamp:  # on black rows, as read_stamp expects
                 image[-STAMP_ROWS:] = 0
                 _stamp(image, i)

@@ -629,3 +629,16 @@ def test_pyav_seeks_only_where_the_next_keyframe_is_past_the_last_target() -> No
     ]
     assert decode._runs(dataclasses.replace(info, seekable=False), [60, 390]) == [(None, [60, 390])]
     assert decode._runs(info_of(25.0, 400), [60, 390]) == [(None, [60, 390])]
+
+
+def test_keyframe_settings_are_checked_and_recorded_unredacted() -> None:
+    """A frame folder has no keyframes; the settings say which mode ran, not hidden as a "key"."""
+    from emotibatch.config import ExtractConfig
+
+    keyframes = Sampling("fps", 1.0, frames="keyframes")
+    with pytest.raises(ValueError, match="--keyframes applies to videos"):
+        ExtractConfig(inputs=("in",), output="out", sampling=keyframes, frame_folders=True)
+    config = ExtractConfig(inputs=("in",), output="out", sampling=keyframes)
+    assert config.identity()["sampling"] == {"mode": "fps", "value": 1.0, "frames": "keyframes"}
+    with pytest.raises(ValueError, match="frames must be 'any' or 'keyframes'"):
+        Sampling(frames="key")
