@@ -36,7 +36,7 @@ the error), and `decode_blocks` is step 4 as Ray Data blocks of raw frames. Both
 need no models: this module imports none.
 
 Paths. Whichever decodes, the frames are the same (tests/unit/extract/test_decode.py); the cheapest is
-chosen. Keyframes only: PyAV skipping every other frame (below). Otherwise PyAV decodes runs of wanted
+chosen. Keyframes only: PyAV skipping all but keyframes (below). Otherwise PyAV decodes runs of wanted
 frames (`_runs`), each from the keyframe before it, seeking there in a seekable video where that keyframe
 lies past the last frame decoded: never more frames than decoding from the start, far fewer where
 targets are further apart than the keyframe interval. Measured on lecture-like 720p and 1080p recordings
@@ -59,7 +59,7 @@ presentation times in ticks. Where every wanted frame of a segment is a keyframe
 exact sampling that falls on keyframes) PyAV decodes only keyframes (`skip_frame = "NONKEY"`: a keyframe
 needs no other frame, so its pixels are those of a full decode), seeking to the first wanted one in a
 seekable video, and knows each frame by its presentation time, never by counting. A video whose packets
-carry no presentation times (AVI) has no known keyframes.
+carry no presentation times (some AVI writers) has no known keyframes.
 
 Frame folders (`VideoSource.kind == "frames"`): the last run of digits in an image's name is its frame
 number and frame_index = number - 1 (ABAW's `00001.jpg` is frame 0). Gaps are kept: frame_count is the
