@@ -93,7 +93,11 @@ def check_run(
     want = (registry.file_sha256(config.model), registry.file_sha256(config.detector))
     assert (made_by.model_sha256, made_by.detector_sha256) == want  # the files, whatever their spelling
     assert meta["settings"] == config.public() and meta["run_id"] == result.run_id
-    assert meta["settings"]["sampling"] == {"mode": config.sampling.mode, "value": config.sampling.value}
+    assert meta["settings"]["sampling"] == {
+        "mode": config.sampling.mode,
+        "value": config.sampling.value,
+        "frames": config.sampling.frames,
+    }
 
     # Features column: as asked.
     if features == "none":
