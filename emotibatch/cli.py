@@ -178,7 +178,7 @@ progress_interval_option = click.option(
 )
 
 
-def _sampling(fps: float | None, every: int | None, all_frames: bool) -> Sampling:
+def _sampling(fps: float | None, every: int | None, all_frames: bool, keyframes: bool) -> Sampling:
     from emotibatch.extract.decode import Sampling
 
     if fps is not None and not fps > 0:
@@ -190,6 +190,14 @@ def _sampling(fps: float | None, every: int | None, all_frames: bool) -> Samplin
     ]
     if len(chosen) > 1:
         raise click.UsageError(f"choose one of --fps, --every, --all-frames (got {', '.join(chosen)})")
+    if keyframes and (every is not None or all_frames):
+        raise click.UsageError("--keyframes takes --fps F as an upper bound or nothing")
+    if keyframes:
+        return (
+            Sampling("fps", fps, frames="keyframes")
+            if fps is not None
+            else Sampling("all", frames="keyframes")
+        )
     if fps is not None:
         return Sampling("fps", fps)
     if every is not None:
@@ -212,6 +220,12 @@ def _sampling(fps: float | None, every: int | None, all_frames: bool) -> Samplin
 @click.option("--every", type=int, help="Sample frames 0, N, 2N, ...")
 @click.option("--all-frames", is_flag=True, help="Every frame (the default; what ABAW annotations need).")
 @click.option("--segment-seconds", type=float, default=60.0, help="Split long videos into segments.")
+@click.option(
+    "--keyframes",
+    is_flag=True,
+    help="Decode only keyframes (all of them; with --fps F at most F a second): the real rate is bounded "
+    "by the keyframe interval (videos/ records it as sampled_fps).",
+)
 @click.option(
     "--frame-folders",
     is_flag=True,
@@ -259,7 +273,15 @@ def _sampling(fps: float | None, every: int | None, all_frames: bool) -> Samplin
 @verbose_option
 @progress_interval_option
 def extract(
-    inputs: tuple[str, ...], fps, every, all_frames, storage_options, verbose, progress_interval, **options
+    inputs: tuple[str, ...],
+    fps,
+    every,
+    all_frames,
+    keyframes,
+    storage_options,
+    verbose,
+    progress_interval,
+    **options,
 ) -> None:
     """Detect faces and their emotions in INPUT... (videos, images, folders, globs, URIs or CSV/Parquet
     manifests).
@@ -272,7 +294,7 @@ def extract(
     try:
         config = ExtractConfig(
             inputs=inputs,
-            sampling=_sampling(fps, every, all_frames),
+            sampling=_sampling(fps, every, all_frames, keyframes),
             storage_options=storage_options,
             **options,
         )
@@ -761,6 +783,11 @@ NIGHTLY_EXTRACT_OPTIONS = (
     help="Sample the frame nearest to each k/F seconds (nightly.LECTURE_SAMPLING)  [default: 1.0]",
 )
 @click.option(
+    "--keyframes",
+    is_flag=True,
+    help="Decode only keyframes, at most --fps a second: the real rate is bounded by the keyframe interval.",
+)
+@click.option(
     "--settle-minutes",
     type=float,
     default=30.0,
@@ -794,6 +821,7 @@ def nightly_command(
     prefix: str,
     output: str,
     fps: float | None,
+    keyframes: bool,
     settle_minutes: float,
     completion_marker: str | None,
     engagement_model: str,
@@ -813,7 +841,10 @@ def nightly_command(
     from emotibatch import nightly, progress
     from emotibatch.config import ExtractConfig
 
-    sampling = nightly.LECTURE_SAMPLING if fps is None else _sampling(fps, None, False)
+    if fps is None and not keyframes:
+        sampling = nightly.LECTURE_SAMPLING
+    else:
+        sampling = _sampling(nightly.LECTURE_SAMPLING.value if fps is None else fps, None, False, keyframes)
     try:
         config = nightly.NightlyConfig(
             ExtractConfig(inputs=(prefix,), output=output, sampling=sampling, **options),

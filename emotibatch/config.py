@@ -37,13 +37,23 @@ IDENTITY = (
 
 @dataclass(frozen=True)
 class Sampling:
-    """Which frames of a video are processed: `all`, `every` N-th (int >= 1) or `fps` F per second (> 0)."""
+    """Which frames of a video are processed: `all`, `every` N-th (int >= 1) or `fps` F per second (> 0).
+
+    `frames="keyframes"`: only keyframes, which decode without their predecessors (decode.py); with
+    `all` every keyframe, with `fps` F at most F a second, so the real rate is also bounded by the video's
+    keyframe interval. (Not a boolean `keyframes`: settings keys holding "key" are redacted as secrets.)
+    """
 
     mode: Literal["all", "every", "fps"] = "all"
     value: float | int | None = None
+    frames: Literal["any", "keyframes"] = "any"
 
     def __post_init__(self) -> None:
         value = self.value
+        if self.frames not in ("any", "keyframes"):
+            raise ValueError(f"sampling frames must be 'any' or 'keyframes', got {self.frames!r}")
+        if self.frames == "keyframes" and self.mode == "every":
+            raise ValueError("--keyframes takes --fps F as an upper bound or nothing, not --every")
         if self.mode == "all":
             if value is not None:
                 raise ValueError(f"sampling 'all' takes no value, got {value!r}")
@@ -60,6 +70,14 @@ class Sampling:
                 raise ValueError(f"sampling 'fps' needs a frame rate > 0, got {value!r}")
         else:
             raise ValueError(f"sampling mode must be 'all', 'every' or 'fps', got {self.mode!r}")
+
+    def label(self) -> str:
+        """The rule in words, as the videos table records it: "fps 1", "keyframes fps 1", "all", ..."""
+        keyframes = self.frames == "keyframes"
+        words = (["keyframes"] if keyframes else []) + (
+            [] if self.mode == "all" and keyframes else [self.mode]
+        )
+        return " ".join(words + ([f"{self.value:g}"] if self.value is not None else []))
 
 
 @dataclass(frozen=True)
@@ -123,6 +141,8 @@ class ExtractConfig:
             problems.append(f"--features-dtype must be float32, float16 or none, got {self.features_dtype!r}")
         if self.frame_rate <= 0:
             problems.append(f"--frame-rate must be > 0, got {self.frame_rate}")
+        if self.sampling.frames == "keyframes" and self.frame_folders:
+            problems.append("--keyframes applies to videos; a frame folder's images are all decoded alike")
         if self.faces_cropped and not self.frame_folders:
             problems.append("--faces-cropped applies to --frame-folders inputs only")
         if any(v % 32 or v <= 0 for v in self.det_size):
@@ -143,7 +163,11 @@ class ExtractConfig:
         endpoint_url may carry `user:password@` too.
         """
         data = asdict(self)
-        data["sampling"] = {"mode": self.sampling.mode, "value": self.sampling.value}
+        data["sampling"] = {
+            "mode": self.sampling.mode,
+            "value": self.sampling.value,
+            "frames": self.sampling.frames,
+        }
         data["inputs"] = [redact_uri(i) for i in self.inputs]
         for name in ("output", "model", "detector", "model_dir", "address"):
             data[name] = redact_uri(data[name]) if data[name] else data[name]

@@ -200,6 +200,8 @@ VIDEOS_BASE = pa.schema(
         pa.field("height", pa.int32()),
         pa.field("frames_sampled", pa.int64()),  # sampled frames that decoded: one faces row per face
         pa.field("frames_lost", pa.int64()),  # sampled frames that did not decode: no rows
+        pa.field("sampling", pa.string()),  # the rule that ran (config.Sampling.label): "keyframes fps 1"
+        pa.field("sampled_fps", pa.float64()),  # the achieved rate: frames_sampled / duration_s
         pa.field("faces", pa.int64()),
         pa.field("tracks", pa.int64()),
         pa.field("decode_s", pa.float64()),

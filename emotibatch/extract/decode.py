@@ -8,6 +8,9 @@ redo any step:
    `fps F` keeps, for k = 0, 1, 2, ..., the frame nearest to k / F seconds after the start, repeats
    dropped; `all` keeps every frame. Frame indices are 0-based in presentation order over the frames
    that decode, so (video_id, frame_index) joins exactly with per-frame annotations such as ABAW's.
+   With `keyframes` only keyframes are kept: all of them, or with `fps F`, for each target time k / F in
+   turn, the nearest keyframe (by time, the later on a tie) not already taken, so the real rate is at most
+   F and at most the keyframe rate.
 3. `plan_segments` cuts the sampled indices into time segments of `segment_seconds`, so a long video is
    decoded in parallel. Sampling is never relative to a segment: the segments' frames together are
    exactly the video's sampled frames.
@@ -32,8 +35,15 @@ For the extraction job, `plan_video` does steps 1-3 for one source and never rai
 the error), and `decode_blocks` is step 4 as Ray Data blocks of raw frames. Both run in Ray workers that
 need no models: this module imports none.
 
-Videos in `SEEKABLE_EXTENSIONS` containers are decoded with decord's `get_batch`, which seeks to the
-keyframe before each wanted frame. decord's seeks (and its `skip_frames`) return wrong frames in containers
+Paths. Whichever decodes, the frames are the same (tests/unit/extract/test_decode.py); the cheapest is
+chosen. Keyframes only: PyAV skipping all but keyframes (below). Otherwise PyAV decodes runs of wanted
+frames (`_runs`), each from the keyframe before it, seeking there in a seekable video where that keyframe
+lies past the last frame decoded: never more frames than decoding from the start, far fewer where
+targets are further apart than the keyframe interval. Measured on lecture-like 720p and 1080p recordings
+(docs/benchmarks.md, Decoding), that costs less CPU than decord's `get_batch` at 1 fps, 5 fps and every
+frame, and more threads per decoder bring no saving in CPU-seconds. decord's `get_batch` (seeking to the
+keyframe before each wanted frame) stays for seekable videos whose keyframes are unknown, and where a
+caller asks for it. decord's seeks (and its `skip_frames`) return wrong frames in containers
 without a frame index: off by up to 288 frames for H.264 in AVI, 230 in MPEG-PS (.mpg), 11 in ASF (.wmv),
 and in MPEG-TS even sequential reads are off by a GOP. Those videos, and every video where decord has no
 wheel, are decoded by PyAV from the start, keeping the wanted frames (a packet cut short is skipped and
@@ -43,6 +53,13 @@ them, and for videos whose index decord would misread, `VideoInfo.seekable` is F
 explicit thread count: 0 would start FFmpeg threads beyond the task's CPUs. A remote video is decoded from
 a copy in the node-local cache (`video_cache.local_copy`), fetched once per node however many segments it has:
 decord would load a file object whole into memory, in every segment task.
+
+Keyframes. `probe` records which frames are keyframes (the demuxer's flag, no decoding), with their
+presentation times in ticks. Where every wanted frame of a segment is a keyframe (keyframe sampling, or
+exact sampling that falls on keyframes) PyAV decodes only keyframes (`skip_frame = "NONKEY"`: a keyframe
+needs no other frame, so its pixels are those of a full decode), seeking to the first wanted one in a
+seekable video, and knows each frame by its presentation time, never by counting. A video whose packets
+carry no presentation times (some AVI writers) has no known keyframes.
 
 Frame folders (`VideoSource.kind == "frames"`): the last run of digits in an image's name is its frame
 number and frame_index = number - 1 (ABAW's `00001.jpg` is frame 0). Gaps are kept: frame_count is the
@@ -64,6 +81,7 @@ and what to do about it.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import os
@@ -118,7 +136,8 @@ class VideoInfo:
     `frame_count_claimed`: the container's count (None: it states none). `missing_frames`: indices below
     frame_count that have no image (gaps in a frame folder). `seekable`: frames can be decoded from the
     middle. `timestamps`: each frame's presentation time from the first, for a variable-rate video only
-    (empty: frame i is at i / fps)."""
+    (empty: frame i is at i / fps). `keyframes`: the indices of the keyframes, rising; `keyframe_pts`:
+    their presentation times in the stream's time-base ticks (what the decoder reports and seeks to)."""
 
     fps: float
     frame_count: int
@@ -130,6 +149,8 @@ class VideoInfo:
     seekable: bool = True
     frame_count_claimed: int | None = None
     timestamps: tuple[float, ...] = ()
+    keyframes: tuple[int, ...] = ()
+    keyframe_pts: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.fps) and self.fps > 0):
@@ -142,6 +163,13 @@ class VideoInfo:
             raise ValueError(
                 f"timestamps must rise from 0, one per frame ({self.frame_count}), got {len(times)}"
             )
+        keys = tuple(int(i) for i in self.keyframes)
+        object.__setattr__(self, "keyframes", keys)
+        object.__setattr__(self, "keyframe_pts", tuple(int(p) for p in self.keyframe_pts))
+        if len(self.keyframe_pts) != len(keys) or (
+            keys and (keys[0] < 0 or keys[-1] >= self.frame_count or np.any(np.diff(keys) <= 0))
+        ):
+            raise ValueError(f"keyframes must rise within [0, {self.frame_count}), each with its pts")
 
     def times(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """The float64 presentation times (s) of frames `indices`."""
@@ -152,7 +180,9 @@ class VideoInfo:
 def sample_indices(info: VideoInfo, sampling: Sampling) -> np.ndarray:
     """The sorted int64 frame indices `sampling` keeps, relative to the start of the video."""
     n = info.frame_count
-    if sampling.mode == "all":
+    if sampling.frames == "keyframes":
+        indices = _keyframe_indices(info, sampling)
+    elif sampling.mode == "all":
         indices = np.arange(n, dtype=np.int64)
     elif sampling.mode == "every":
         indices = np.arange(0, n, int(sampling.value), dtype=np.int64)  # type: ignore[arg-type]
@@ -166,6 +196,28 @@ def sample_indices(info: VideoInfo, sampling: Sampling) -> np.ndarray:
     if info.missing_frames:
         indices = indices[~np.isin(indices, info.missing_frames)]
     return indices
+
+
+def _keyframe_indices(info: VideoInfo, sampling: Sampling) -> np.ndarray:
+    """Every keyframe, or for each target k / F in turn the nearest keyframe not already taken."""
+    keys = np.asarray(info.keyframes, np.int64)
+    if sampling.mode == "all" or len(keys) < 2:
+        return keys
+    rate = float(sampling.value)  # type: ignore[arg-type]
+    ends = info.times([max(info.frame_count - 2, 0), info.frame_count - 1])
+    last = ends[1] + ((ends[1] - ends[0]) if info.frame_count > 1 else 1 / info.fps) / 2
+    free = info.times(keys).tolist()  # the times of the keyframes not yet taken, rising
+    index_at = dict(zip(free, keys.tolist(), strict=True))
+    taken = []
+    for k in range(math.floor(last * rate) + 1):
+        target = k / rate
+        if target >= last or not free:
+            break
+        at = bisect.bisect_left(free, target - _HALF_TOLERANCE)
+        if at == len(free) or (at > 0 and target - free[at - 1] < free[at] - target - _HALF_TOLERANCE):
+            at -= 1
+        taken.append(index_at[free.pop(at)])
+    return np.asarray(sorted(taken), np.int64)
 
 
 def _nearest_frames(times: np.ndarray, rate: float) -> np.ndarray:
@@ -347,7 +399,7 @@ def probe(
         return _probe_image(source, storage_options)
     shown = source.source_uri
     with _video_file(source, storage_options) as (file, size):
-        fps, claimed, width, height, ticks, tick = _demux(file, shown)
+        fps, claimed, width, height, ticks, tick, key_pts = _demux(file, shown)
         indexed = True  # decord's index, where decord reads the file
         if (backend or default_backend()) == "decord":
             try:
@@ -368,26 +420,38 @@ def probe(
             timestamps = () if _on_grid(times, fps, float(tick)) else tuple(times.tolist())
     # decord indexes what the container claims: trusted only where that is exactly the real frames.
     seekable = indexed and claimed == count and posixpath.splitext(shown)[1].lower() in SEEKABLE_EXTENSIONS
-    return VideoInfo(fps, count, count / fps, width, height, size, (), seekable, claimed, timestamps)
+    keyframes = tuple(np.searchsorted(ticks, key_pts).tolist())
+    return VideoInfo(
+        fps, count, count / fps, width, height, size, (), seekable, claimed, timestamps, keyframes, key_pts
+    )
 
 
-def _demux(file: str, shown: str) -> tuple[float, int | None, int, int, np.ndarray, Fraction | None]:
-    """Average fps, claimed frame count, width, height, and the sorted presentation times (in ticks of
-    the returned time base; None where packets carry none, as in AVI) of the packets that decode: an
-    edit list's discarded packets and a packet cut short by the end of the file are not frames."""
+def _demux(
+    file: str, shown: str
+) -> tuple[float, int | None, int, int, np.ndarray, Fraction | None, tuple[int, ...]]:
+    """Average fps, claimed frame count, width, height, the sorted presentation times (in ticks of the
+    returned time base; None where packets carry none, as in AVI) of the packets that decode, and those
+    of the keyframes among them (none without times): an edit list's discarded packets and a packet cut
+    short by the end of the file are not frames."""
     try:
         with av.open(file) as container:
             stream = _video_stream(container, shown)
             fps = float(stream.average_rate or 0)
             claimed = stream.frames or None  # what the container states; MKV and WebM state none
             width, height = stream.codec_context.width, stream.codec_context.height
-            pts = [p.pts for p in container.demux(stream) if p.size and not p.is_discard and not p.is_corrupt]
+            packets = [
+                (p.pts, p.is_keyframe)
+                for p in container.demux(stream)
+                if p.size and not p.is_discard and not p.is_corrupt
+            ]
             tick = stream.time_base
     except av.error.FFmpegError as exc:
         raise _decode_error(shown, exc) from exc
+    pts = [p for p, _ in packets]
     if None in pts:
-        return fps, claimed, width, height, np.arange(len(pts), dtype=np.int64), None
-    return fps, claimed, width, height, np.sort(np.asarray(pts, np.int64)), tick
+        return fps, claimed, width, height, np.arange(len(pts), dtype=np.int64), None, ()
+    keys = tuple(sorted(p for p, key in packets if key))
+    return fps, claimed, width, height, np.sort(np.asarray(pts, np.int64)), tick, keys
 
 
 def _on_grid(times: np.ndarray, fps: float, tick: float) -> bool:
@@ -406,8 +470,9 @@ def decode_segment(
     backend: Backend | None = None,
 ) -> Iterator[tuple[int, float, np.ndarray]]:
     """Yield (frame_index, timestamp_s, RGB uint8 HxWx3 frame) for the segment's frames in index order;
-    a frame that does not decode is left out (see the module doc). decord decodes `batch_size` frames at
-    a time (the frames of a batch are views of one array). Raises DecodeError."""
+    a frame that does not decode is left out (see the module doc, Paths: `backend` forces one where the
+    frames are not all keyframes). decord decodes `batch_size` frames at a time (the frames of a batch are
+    views of one array). Raises DecodeError."""
     _check_threads(num_threads)
     indices = list(segment.frame_indices)
     if not indices:
@@ -416,10 +481,12 @@ def decode_segment(
         frames = _decode_frames(source, indices, storage_options)
     elif source.kind == "image":
         frames = _decode_image(source, indices, storage_options)
-    elif info.seekable and (backend or default_backend()) == "decord":
+    elif set(indices) <= set(info.keyframes):
+        frames = _decode_keyframes(source, info, indices, storage_options, num_threads)
+    elif info.seekable and (backend or ("pyav" if info.keyframes else default_backend())) == "decord":
         frames = _decode_decord(source, indices, storage_options, num_threads, batch_size)
     else:
-        frames = _decode_pyav(source, indices, storage_options, num_threads)
+        frames = _decode_pyav(source, info, indices, storage_options, num_threads)
     times = dict(zip(indices, info.times(indices).tolist(), strict=True))
     for index, frame in frames:
         yield index, times[index], frame
@@ -441,24 +508,92 @@ def _decode_decord(
 
 
 def _decode_pyav(
-    source: VideoSource, indices: list[int], storage_options: dict | None, num_threads: int
+    source: VideoSource, info: VideoInfo, indices: list[int], storage_options: dict | None, num_threads: int
 ) -> Iterator[tuple[int, np.ndarray]]:
+    """Decode runs of frames (`_runs`), each from its keyframe, keeping the wanted ones."""
     shown = source.source_uri
-    wanted = iter(indices)
-    target = next(wanted)
+    target = indices[0]
     with _video_file(source, storage_options) as (file, _):
         try:
             with av.open(file) as container:
                 stream = _video_stream(container, shown)
                 stream.codec_context.thread_count = num_threads
-                for index, frame in enumerate(_frames(container, stream)):
-                    if index == target:
-                        yield index, frame.to_ndarray(format="rgb24")
-                        target = next(wanted, None)
-                        if target is None:
-                            return
+                for start, wanted in _runs(info, indices):
+                    target = wanted[0]
+                    yield from _decode_run(container, stream, info, start, wanted)
         except av.error.FFmpegError as exc:
             raise _decode_error(shown, exc, f"frames up to {target} of ") from exc
+
+
+def _runs(info: VideoInfo, indices: list[int]) -> list[tuple[int | None, list[int]]]:
+    """The wanted frames as runs (keyframe to start from, frames), None: from the first frame without a
+    seek (a video that is not seekable). A new run starts where the keyframe before the next wanted frame
+    lies past the frame after the last wanted one: decoding from it costs fewer frames than decoding on.
+    This never decodes more frames than decoding from the start, and fewer wherever targets are further
+    apart than the keyframe interval."""
+    if not info.seekable or not info.keyframes or indices[0] < info.keyframes[0]:
+        return [(None, indices)]
+    keys = np.asarray(info.keyframes)
+    before = keys[np.searchsorted(keys, indices, side="right") - 1].tolist()
+    runs: list[tuple[int | None, list[int]]] = []
+    for index, key in zip(indices, before, strict=True):
+        if runs and key <= runs[-1][1][-1] + 1:
+            runs[-1][1].append(index)
+        else:
+            runs.append((key, [index]))
+    return runs
+
+
+def _decode_run(
+    container: av.container.InputContainer,
+    stream: av.VideoStream,
+    info: VideoInfo,
+    start: int | None,
+    wanted: list[int],
+) -> Iterator[tuple[int, np.ndarray]]:
+    """After a seek to keyframe `start` the frames are counted from it in presentation order (a seekable
+    video hides no frame); frames an open GOP puts out before it (earlier times) are not counted."""
+    first = 0
+    if start is not None:
+        first = info.keyframe_pts[info.keyframes.index(start)]
+        container.seek(first, stream=stream)
+    index = start or 0
+    targets = iter(wanted)
+    target = next(targets)
+    for frame in _frames(container, stream):
+        if start is not None and (frame.pts is None or frame.pts < first):
+            continue
+        if index == target:
+            yield index, frame.to_ndarray(format="rgb24")
+            target = next(targets, None)
+            if target is None:
+                return
+        index += 1
+
+
+def _decode_keyframes(
+    source: VideoSource, info: VideoInfo, indices: list[int], storage_options: dict | None, num_threads: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Only keyframes decode (see the module doc), each known by its presentation time."""
+    shown = source.source_uri
+    pts_of = dict(zip(info.keyframes, info.keyframe_pts, strict=True))
+    wanted = {pts_of[i]: i for i in indices}
+    last = pts_of[indices[-1]]
+    with _video_file(source, storage_options) as (file, _):
+        try:
+            with av.open(file) as container:
+                stream = _video_stream(container, shown)
+                stream.codec_context.thread_count = num_threads
+                stream.codec_context.skip_frame = "NONKEY"
+                if info.seekable:  # to the keyframe itself: the frames before it are not needed
+                    container.seek(pts_of[indices[0]], stream=stream)
+                for frame in _frames(container, stream):
+                    if frame.pts in wanted:
+                        yield wanted[frame.pts], frame.to_ndarray(format="rgb24")
+                    if frame.pts is not None and frame.pts >= last:
+                        return
+        except av.error.FFmpegError as exc:
+            raise _decode_error(shown, exc, f"keyframes {indices[0]}-{indices[-1]} of ") from exc
 
 
 def _frames(container: av.container.InputContainer, stream: av.VideoStream) -> Iterator[av.VideoFrame]:
@@ -585,6 +720,7 @@ class VideoJob:
     error: str | None
     indices: tuple[int, ...] = ()
     segments: tuple[Segment, ...] = field(default=())
+    sampling: Sampling = field(default_factory=Sampling)
 
 
 def unreadable(source: VideoSource, exc: OSError) -> str:
@@ -608,7 +744,8 @@ def plan_video(
     try:
         return _plan_video(source, sampling, segment_seconds, storage_options, frame_rate)
     except Exception as exc:
-        return VideoJob(source, None, f"could not probe {source.source_uri}: {storage.one_line(exc)}")
+        error = f"could not probe {source.source_uri}: {storage.one_line(exc)}"
+        return VideoJob(source, None, error, sampling=sampling)
 
 
 def _plan_video(
@@ -621,14 +758,20 @@ def _plan_video(
     try:
         info = probe(source, storage_options=storage_options, frame_rate=frame_rate)
     except DecodeError as exc:
-        return VideoJob(source, None, str(exc))
+        return VideoJob(source, None, str(exc), sampling=sampling)
     except OSError as exc:  # unreadable in a way the decoder has no message for: fail this video only
-        return VideoJob(source, None, unreadable(source, exc))
+        return VideoJob(source, None, unreadable(source, exc), sampling=sampling)
+    if sampling.frames == "keyframes" and not info.keyframes:
+        error = (
+            f"{source.source_uri} has no keyframe times (its packets carry no presentation times, as in"
+            f" AVI), so --keyframes cannot pick frames; sample it with --fps, or {reencode_hint(source.source_uri)}"
+        )
+        return VideoJob(source, info, error, sampling=sampling)
     indices = sample_indices(info, sampling)
     if not len(indices):
-        return VideoJob(source, info, None)
+        return VideoJob(source, info, None, sampling=sampling)
     segments = plan_segments(info, indices, segment_seconds, video_id=source.video_id)
-    return VideoJob(source, info, None, tuple(int(i) for i in indices), tuple(segments))
+    return VideoJob(source, info, None, tuple(int(i) for i in indices), tuple(segments), sampling)
 
 
 def work_item(job: VideoJob, segment: Segment) -> dict:

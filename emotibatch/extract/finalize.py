@@ -54,6 +54,8 @@ def finalize_video(job: VideoJob, output: Output, faces_schema: pa.Schema, run_i
         "warning": _warning(job, lost),
         "frames_sampled": len(job.indices) - lost,
         "frames_lost": lost,
+        # A still image lasts no time: it has no rate.
+        "sampled_fps": (len(job.indices) - lost) / job.info.duration_s if job.info.duration_s else None,
         "faces": len(faces),
         "tracks": count_tracks(faces["track_id"].to_numpy()),
         "decode_s": float(pc.sum(staged["decode_s"]).as_py() or 0.0) if staged is not None else 0.0,
@@ -122,6 +124,8 @@ def _video_row(job: VideoJob, run_id: str) -> dict:
         "warning": None,
         "frames_sampled": 0,
         "frames_lost": 0,
+        "sampling": job.sampling.label(),
+        "sampled_fps": None,
         "faces": 0,
         "tracks": 0,
         "decode_s": 0.0,

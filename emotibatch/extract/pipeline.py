@@ -108,7 +108,7 @@ def probe_all(sources: list[VideoSource], config: ExtractConfig) -> list[VideoJo
             jobs.append(ray.get(ref))
         except ray.exceptions.RayError as exc:
             error = f"could not probe {source.source_uri}: {type(exc).__name__}; run the job again"
-            jobs.append(VideoJob(source, None, error))
+            jobs.append(VideoJob(source, None, error, sampling=config.sampling))
     return jobs
 
 

@@ -38,6 +38,8 @@ STAMP_ROWS = 8
 STAMP_LEVEL = 96
 # One keyframe a second: seeking then decodes at most a second of frames.
 KEYFRAME_SECONDS = 1.0
+# A lecture camera's sensor noise in levels: enough that no two frames are alike.
+SENSOR_NOISE = 28
 # Ticks per second of a variable-rate sample's presentation times (make_video's `times`), MP4's usual.
 VFR_TIME_BASE = 15360
 
@@ -165,6 +167,63 @@ def make_video(
             image = render_frame(faces, i, width=width, height=height, stamp=stamp, background=background)
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             frame.pts = pts[i]
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    return path
+
+
+def make_lecture(
+    path: str | Path,
+    *,
+    width: int = 1280,
+    height: int = 720,
+    fps: float = 25.0,
+    seconds: float = 60.0,
+    gop_seconds: float = 2.0,
+    bframes: bool = True,
+    slide_seconds: float = 30.0,
+    preset: str = "veryfast",
+    stamp: bool = False,
+    seed: int = 0,
+) -> Path:
+    """A lecture-like H.264 recording: a static slide (dark text-like blocks on light grey, a new slide
+    every `slide_seconds`) and a speaker region (a smooth figure a quarter of the width) that drifts
+    sideways and carries fresh sensor noise (levels 0-SENSOR_NOISE) every frame, as a camera picture does. Keyframes come exactly every `gop_seconds`
+    (no scene-cut keyframes, as lecture-capture encoders are set up); `bframes` gives x264's 3 B-frames
+    or none. What decoding costs depends on this mix, so `benchmarks/decode.py` measures on it."""
+    if width % 2 or height % 2:
+        raise ValueError(f"yuv420p needs even width and height, got {width}x{height}")
+    rng = np.random.default_rng(seed)
+    rate = Fraction(fps).limit_denominator(1001)
+    gop = max(1, round(gop_seconds * rate))
+    params = f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes={3 if bframes else 0}"
+    side_w, side_h = width // 4 // 2 * 2, height // 2 // 2 * 2
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    slide = np.zeros((height, width), np.uint8)
+    coarse = rng.integers(60, 170, (8, 6), np.uint8)  # a smooth figure: clothes, face, hair
+    figure = cv2.resize(coarse, (side_w, side_h), interpolation=cv2.INTER_CUBIC)[..., None]
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(
+            "libx264", rate=rate, options={"crf": "23", "preset": preset, "x264-params": params}
+        )
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for i in range(round(seconds * rate)):
+            if i % max(1, round(slide_seconds * rate)) == 0:
+                slide = np.full((height, width), 220, np.uint8)
+                for _ in range(12):
+                    y, x = rng.integers(0, height * 3 // 4), rng.integers(0, width * 2 // 3)
+                    slide[y : y + height // 40, x : x + rng.integers(width // 10, width // 3)] = 40
+            x0 = round((width - side_w) * (0.75 + 0.2 * math.sin(2 * math.pi * i / (20 * float(rate)))))
+            x0 = min(max(0, x0), width - side_w)
+            image = np.repeat(slide[..., None], 3, axis=2)
+            noise = rng.integers(0, SENSOR_NOISE + 1, (side_h, side_w, 1), np.uint8)
+            image[height - side_h :, x0 : x0 + side_w] = figure + noise
+            if stamp:  # on black rows, as read_stamp expects
+                image[-STAMP_ROWS:] = 0
+                _stamp(image, i)
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts = i
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return path

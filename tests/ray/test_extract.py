@@ -12,7 +12,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import ray
-from e2e import FPS, N_FRAMES, SECONDS, SIZES, TRACKS, assert_faces_match, by_video, read_table, sort_faces
+from e2e import (
+    FPS,
+    N_FRAMES,
+    SECONDS,
+    SIZES,
+    TRACKS,
+    assert_faces_match,
+    by_video,
+    invoke,
+    read_table,
+    sort_faces,
+)
 
 from emotibatch import schema
 from emotibatch.extract import pipeline
@@ -22,6 +33,7 @@ from emotibatch.extract.decode import (
     VideoInfo,
     decode_segment,
     plan_segments,
+    probe,
     sample_indices,
 )
 from emotibatch.inference import registry, runtime
@@ -29,6 +41,7 @@ from emotibatch.inference.embed import EmotionModel
 from emotibatch.inference.preprocess import crop_faces, normalisation_lut
 from emotibatch.io.sources import VideoSource
 from emotibatch.testing import samples
+from emotibatch.testing.samples import FaceTrack
 
 pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.slow]
 
@@ -80,7 +93,11 @@ def check_run(
     want = (registry.file_sha256(config.model), registry.file_sha256(config.detector))
     assert (made_by.model_sha256, made_by.detector_sha256) == want  # the files, whatever their spelling
     assert meta["settings"] == config.public() and meta["run_id"] == result.run_id
-    assert meta["settings"]["sampling"] == {"mode": config.sampling.mode, "value": config.sampling.value}
+    assert meta["settings"]["sampling"] == {
+        "mode": config.sampling.mode,
+        "value": config.sampling.value,
+        "frames": config.sampling.frames,
+    }
 
     # Features column: as asked.
     if features == "none":
@@ -316,3 +333,46 @@ def test_only_real_frames_and_presentation_times_split_or_not(make_config, tmp_p
     nearest = {int(np.flatnonzero(d <= d.min() + 1e-9)[-1]) for d in np.abs(times - targets[:, None])}
     assert set(rows["frame_index"].to_pylist()) == nearest
     assert videos["vfr"]["frames_sampled"] == len(nearest)
+
+
+STILL_TRACKS = (  # a lecture's faces barely move: linked across keyframes a second or more apart
+    FaceTrack(64, (96, 96), (96, 96), first=0, last=149),
+    FaceTrack(32, (400, 64), (400, 64), first=0, last=149),
+)
+
+
+def test_keyframes_give_rows_at_keyframes_only_split_or_not_and_resume(model_args, tmp_path):
+    """`extract --keyframes` (alone and with --fps 0.5) through the CLI: rows exactly at the probe's
+    keyframes, the same split or not, the mode and achieved rate in videos/ and the run settings; a
+    rerun adds no row and another sampling rule is refused."""
+    video = samples.make_video(
+        tmp_path / "in" / "lecture.mp4", width=640, height=360, fps=FPS, seconds=6.0, faces=STILL_TRACKS
+    )
+    info = probe(VideoSource(str(video), "lecture"))
+    bounded = sample_indices(info, Sampling("fps", 0.5, frames="keyframes")).tolist()
+    assert len(info.keyframes) >= 6 and len(bounded) == 3 and set(bounded) < set(info.keyframes)
+    for args, frames, label in (
+        (["--keyframes"], list(info.keyframes), "keyframes"),
+        (["--keyframes", "--fps", "0.5"], bounded, "keyframes fps 0.5"),
+    ):
+        runs = []
+        for seconds in ("1", "100"):
+            out = tmp_path / f"out{len(args)}_{seconds}"
+            command = ["extract", video, "-o", out, *model_args, *args, "--segment-seconds", seconds]
+            assert invoke(command).exit_code == 0
+            faces = read_table(out, "faces")
+            assert_faces_match(faces, "lecture", STILL_TRACKS, frames)
+            row = by_video(read_table(out, "videos"))["lecture"]
+            assert (row["status"], row["sampling"], row["frames_sampled"]) == ("ok", label, len(frames))
+            assert row["sampled_fps"] == len(frames) / 6.0
+            settings = json.loads(read_table(out, "runs")["settings"][0].as_py())
+            bound = {"mode": "fps", "value": 0.5} if "--fps" in args else {"mode": "all", "value": None}
+            assert settings["sampling"] == {**bound, "frames": "keyframes"}
+            runs.append(sort_faces(faces).select(["frame_index", "face_index", "track_id", "timestamp_s"]))
+        assert runs[0].equals(runs[1])
+    assert invoke(command).exit_code == 0  # the same arguments again: the finished video is kept
+    assert read_table(out, "faces").num_rows == faces.num_rows and len(read_table(out, "videos")) == 1
+    refused = invoke(["extract", video, "-o", out, *model_args, "--fps", "0.5"])
+    assert refused.exit_code == 2 and "sampling" in refused.output
+    both = invoke(["extract", video, "-o", tmp_path / "x", *model_args, "--keyframes", "--every", "5"])
+    assert both.exit_code == 2 and "--keyframes takes --fps F" in both.output

@@ -36,6 +36,7 @@ from emotibatch.testing.samples import (
     make_bad_inputs,
     make_cut_video,
     make_frame_folder,
+    make_lecture,
     make_sample_set,
     make_trimmed_video,
     make_video,
@@ -454,3 +455,190 @@ def test_frames_that_do_not_decode_become_lost_rows(odd_videos: dict[str, tuple[
     assert [r["frame_index"] for r in rows] == list(wanted)
     assert all(r["error"] is None and r["pixels"] for r in rows[:10])
     assert all(r["error"] == decode.LOST_FRAME and not r["pixels"] for r in rows[10:])
+
+
+# -- keyframe sampling ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lectures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, VideoSource]:
+    """8 s lecture-like clips at 25 fps, a keyframe exactly every 2 s (frames 0, 50, 100, 150)."""
+    d = tmp_path_factory.mktemp("lectures")
+    common = dict(width=320, height=180, seconds=8.0, gop_seconds=2.0, slide_seconds=3.0, stamp=True)
+    return {
+        name: VideoSource(str(make_lecture(d / f"{name}.mp4", bframes=bframes, **common)), name)
+        for name, bframes in (("bframes", True), ("no_bframes", False))
+    }
+
+
+@pytest.mark.parametrize("name", ["bframes", "no_bframes"])
+def test_probe_knows_the_keyframes_from_the_demuxer(lectures: dict[str, VideoSource], name: str) -> None:
+    info = probe(lectures[name])
+    assert info.keyframes == (0, 50, 100, 150)
+    with av.open(lectures[name].uri) as container:
+        stream = container.streams.video[0]
+        frames = {f.pts: f.key_frame for f in container.decode(stream)}
+    assert info.keyframe_pts == tuple(sorted(p for p, key in frames.items() if key))
+
+
+def test_keyframe_sampling_takes_the_nearest_keyframe_not_yet_taken() -> None:
+    info = info_of(25.0, 400, keyframes=(0, 50, 100, 150, 200, 250, 300, 350), keyframe_pts=range(8))
+    assert sample_indices(info, Sampling(frames="keyframes")).tolist() == list(range(0, 400, 50))
+    # Targets 0, 5, 10, 15 s (16 s long): 5 s ties between 4 s and 6 s (the later wins, as fps does).
+    assert sample_indices(info, Sampling("fps", 0.2, frames="keyframes")).tolist() == [0, 150, 250, 350]
+    # Above the keyframe rate every keyframe once: a target whose nearest is taken takes the next free one.
+    assert sample_indices(info, Sampling("fps", 1.0, frames="keyframes")).tolist() == list(range(0, 400, 50))
+    # A keyframe far from the grid (a scene cut) is taken by the target nearest it.
+    cut = info_of(25.0, 400, keyframes=(0, 60, 250, 300), keyframe_pts=range(4))
+    assert sample_indices(cut, Sampling("fps", 0.25, frames="keyframes")).tolist() == [0, 60, 250, 300]
+    assert Sampling("fps", 1.0, frames="keyframes").label() == "keyframes fps 1"
+    assert Sampling(frames="keyframes").label() == "keyframes"
+    assert Sampling("every", 5).label() == "every 5"
+    with pytest.raises(ValueError, match="--keyframes takes --fps"):
+        Sampling("every", 2, frames="keyframes")
+    with pytest.raises(ValueError, match="keyframes must rise"):
+        info_of(25.0, 10, keyframes=(0, 12), keyframe_pts=(0, 1))
+
+
+@pytest.mark.parametrize("name", ["bframes", "no_bframes"])
+@pytest.mark.parametrize("seconds", [None, 2.0, 3.0])
+def test_keyframe_decoding_gives_exactly_the_frames_of_a_full_decode(
+    lectures: dict[str, VideoSource], name: str, seconds: float | None
+) -> None:
+    """Same indices, times and pixels as decoding every frame, split into segments or not."""
+    source = lectures[name]
+    info = probe(source)
+    full = {
+        i: (t, f) for i, t, f in decode_segment(source, info, Segment(name, 0, 0, 200, tuple(range(200))))
+    }
+    for sampling in (
+        Sampling(frames="keyframes"),
+        Sampling("fps", 0.3, frames="keyframes"),
+        Sampling("fps", 0.5),
+    ):
+        indices = sample_indices(info, sampling)
+        assert set(indices.tolist()) <= set(info.keyframes)  # 0.5 fps: every target is a keyframe
+        got = [
+            (i, t, f)
+            for segment in plan_segments(info, indices, seconds, video_id=name)
+            for i, t, f in decode_segment(source, info, segment)
+        ]
+        assert [i for i, _, _ in got] == indices.tolist()
+        for i, t, frame in got:
+            assert read_stamp(frame) == i and t == full[i][0]
+            assert np.array_equal(frame, full[i][1])
+
+
+def test_keyframe_decoding_decodes_no_other_frame(
+    lectures: dict[str, VideoSource], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decoder puts out only keyframes, from the first wanted one: it skipped every frame that needs
+    its predecessors, and the seek skipped the frames before."""
+    source = lectures["bframes"]
+    info = probe(source)
+    frames = decode._frames
+    seen: list[tuple[int, bool]] = []
+
+    def spy(container: av.container.InputContainer, stream: av.VideoStream):
+        for frame in frames(container, stream):
+            seen.append((frame.pts, frame.key_frame))
+            yield frame
+
+    monkeypatch.setattr(decode, "_frames", spy)
+    segment = Segment("bframes", 0, 0, 200, (50, 150))
+    assert [i for i, _, _ in decode_segment(source, info, segment)] == [50, 150]
+    assert seen == [(info.keyframe_pts[i], True) for i in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("name", ["trimmed", "vfr"])
+def test_keyframe_sampling_on_edit_lists_and_variable_rates(
+    odd_videos: dict[str, tuple[VideoSource, int]], name: str
+) -> None:
+    source, _ = odd_videos[name]
+    info = probe(source)
+    indices = sample_indices(info, Sampling(frames="keyframes"))
+    assert len(indices) and set(indices.tolist()) == set(info.keyframes)
+    every = sample_indices(info, Sampling())
+    full = {i: f for i, _, f in decode_segment(source, info, Segment(name, 0, 0, info.frame_count, every))}
+    for segment in plan_segments(info, indices, 1.0, video_id=name):
+        for i, _, frame in decode_segment(source, info, segment):
+            assert np.array_equal(frame, full[i])
+
+
+def test_keyframe_sampling_reads_a_container_without_an_index_from_the_start(
+    videos: dict[str, VideoSource],
+) -> None:
+    """AVI: no seek (decord's and FFmpeg's go wrong there), keyframes still known by their times."""
+    source = videos["avi"]
+    job = decode.plan_video(source, Sampling(frames="keyframes"), 60.0)
+    assert job.error is None and not job.info.seekable and job.indices == job.info.keyframes == (0, 25)
+    full = decode_all(source, job.info, sample_indices(job.info, Sampling()))
+    got = {i: f for i, _, f in decode_segment(source, job.info, job.segments[0])}
+    assert got.keys() == {0, 25} and all(np.array_equal(f, full[i]) for i, f in got.items())
+
+
+def test_keyframe_sampling_fails_a_video_without_keyframe_times(
+    videos: dict[str, VideoSource], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Packets without presentation times (some AVI writers) leave no keyframes to pick: a clear error."""
+    info = dataclasses.replace(probe(videos["avi"]), keyframes=(), keyframe_pts=())
+    monkeypatch.setattr(decode, "probe", lambda *args, **kwargs: info)
+    job = decode.plan_video(videos["avi"], Sampling(frames="keyframes"), 60.0)
+    assert not job.indices and "v.avi has no keyframe times" in job.error and "--fps" in job.error
+    assert job.sampling == Sampling(frames="keyframes")
+
+
+@pytest.mark.parametrize("name", ["bframes", "no_bframes"])
+@pytest.mark.parametrize("rate", [0.3, 1.0, 5.0])
+def test_every_decoding_path_gives_the_same_frames(
+    lectures: dict[str, VideoSource], name: str, rate: float
+) -> None:
+    """decord's get_batch, PyAV seeking to the keyframe before each run of targets, and PyAV from the
+    first frame: the same indices and pixels, split into segments or not (0.3 fps: targets further apart
+    than the 2 s GOP, so PyAV seeks between them)."""
+    source = lectures[name]
+    info = probe(source)
+    indices = sample_indices(info, Sampling("fps", rate))
+    assert not set(indices.tolist()) <= set(info.keyframes)  # not the keyframe path
+    from_start = dataclasses.replace(info, seekable=False)
+    reference = {
+        i: f
+        for i, _, f in decode_segment(source, from_start, Segment(name, 0, 0, 200, indices), backend="pyav")
+    }
+    assert list(reference) == indices.tolist() and all(read_stamp(f) == i for i, f in reference.items())
+    for backend in ("decord", "pyav"):
+        for seconds in (None, 1.0, 3.0):
+            got = [
+                (i, f)
+                for segment in plan_segments(info, indices, seconds, video_id=name)
+                for i, _, f in decode_segment(source, info, segment, backend=backend)
+            ]
+            assert [i for i, _ in got] == indices.tolist()
+            assert all(np.array_equal(f, reference[i]) for i, f in got), (backend, seconds)
+
+
+def test_pyav_seeks_only_where_the_next_keyframe_is_past_the_last_target() -> None:
+    """A seek pays where it skips frames: the keyframe before the next target lies past the frame after
+    the last target. Not seekable (or no keyframes known): one run from the first frame."""
+    info = info_of(25.0, 400, keyframes=(0, 50, 100, 150, 200), keyframe_pts=range(5))
+    assert decode._runs(info, [10, 40, 60, 149, 160, 390]) == [
+        (0, [10, 40]),
+        (50, [60]),  # decoding on from 40 would decode 41-49 too
+        (100, [149, 160]),  # 160's keyframe 150 is the frame after 149: decoding on costs no more
+        (200, [390]),
+    ]
+    assert decode._runs(dataclasses.replace(info, seekable=False), [60, 390]) == [(None, [60, 390])]
+    assert decode._runs(info_of(25.0, 400), [60, 390]) == [(None, [60, 390])]
+
+
+def test_keyframe_settings_are_checked_and_recorded_unredacted() -> None:
+    """A frame folder has no keyframes; the settings say which mode ran, not hidden as a "key"."""
+    from emotibatch.config import ExtractConfig
+
+    keyframes = Sampling("fps", 1.0, frames="keyframes")
+    with pytest.raises(ValueError, match="--keyframes applies to videos"):
+        ExtractConfig(inputs=("in",), output="out", sampling=keyframes, frame_folders=True)
+    config = ExtractConfig(inputs=("in",), output="out", sampling=keyframes)
+    assert config.identity()["sampling"] == {"mode": "fps", "value": 1.0, "frames": "keyframes"}
+    with pytest.raises(ValueError, match="frames must be 'any' or 'keyframes'"):
+        Sampling(frames="key")
