@@ -31,7 +31,7 @@ from scipy.optimize import minimize
 from emotibatch import __version__, schema
 from emotibatch.clips import abaw
 from emotibatch.clips.aggregate import emotion_model, emotion_model_mismatch
-from emotibatch.clips.classify import CARD_FILE, METRICS_FILE, MODEL_FILE, TRUSTED_MODULES
+from emotibatch.clips.classify import CARD_FILE, METRICS_FILE, MODEL_FILE, TRUSTED_MODULES, write_model_dir
 from emotibatch.extract.output import Output
 from emotibatch.inference.registry import CLASSES_8
 from emotibatch.io import files
@@ -480,15 +480,15 @@ class AbawModel:
     metrics: dict[str, Any]
 
     def save(self, model_dir: str | Path) -> None:
-        directory = Path(model_dir)
-        local = LocalFileSystem()
-        with files.writing(local, str(directory / MODEL_FILE)) as scratch:
-            skops.io.dump(self.params, scratch)
-        for name, data in ((CARD_FILE, self.card), (METRICS_FILE, self.metrics)):
-            text = json.dumps(data, indent=1, sort_keys=True) + "\n"
-            files.write_bytes(local, str(directory / name), text.encode())
-        with files.writing(local, str(directory / PLOT_FILE)) as scratch:
-            _plot(self.metrics["scores"], f"{self.card['task']}: {self.metrics['validation']}", scratch)
+        title = f"{self.card['task']}: {self.metrics['validation']}"
+        write_model_dir(
+            model_dir,
+            self.params,
+            self.card,
+            self.metrics,
+            PLOT_FILE,
+            lambda path: _plot(self.metrics["scores"], title, path),
+        )
 
     @classmethod
     def load(cls, model_dir: str | Path) -> AbawModel:

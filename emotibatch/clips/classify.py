@@ -184,6 +184,27 @@ def _plot(
     fig.savefig(path, dpi=100)
 
 
+def write_model_dir(
+    model_dir: str | Path,
+    estimator: Any,
+    card: dict,
+    metrics: dict,
+    plot_file: str,
+    plot: Callable[[Path], None],
+) -> None:
+    """A classifier folder, each file whole (io/files.py): the estimator in skops format (never pickle),
+    the card and metrics as JSON, and `plot(path)` drawn to `plot_file`."""
+    directory = Path(model_dir)
+    local = LocalFileSystem()
+    with files.writing(local, str(directory / MODEL_FILE)) as scratch:
+        skops.io.dump(estimator, scratch)
+    for name, data in ((CARD_FILE, card), (METRICS_FILE, metrics)):
+        text = json.dumps(data, indent=1, sort_keys=True) + "\n"
+        files.write_bytes(local, str(directory / name), text.encode())
+    with files.writing(local, str(directory / plot_file)) as scratch:
+        plot(scratch)
+
+
 class ClipModel(BaseEstimator):
     """A task's pipeline over clip descriptors, with what predict must check the descriptors against.
 
@@ -375,17 +396,16 @@ class ClipModel(BaseEstimator):
     def save(self, model_dir: str | Path) -> None:
         """MODEL_DIR/model.skops, model_card.json, metrics.json and the plot of the held-out predictions."""
         check_is_fitted(self, "estimator_")
-        directory = Path(model_dir)
-        local = LocalFileSystem()
-        with files.writing(local, str(directory / MODEL_FILE)) as scratch:
-            skops.io.dump(self.estimator_, scratch)
-        for name, data in ((CARD_FILE, self.card_), (METRICS_FILE, self.metrics_)):
-            text = json.dumps(data, indent=1, sort_keys=True) + "\n"
-            files.write_bytes(local, str(directory / name), text.encode())
         kind = self.card_["kind"]
         title = f"{self.task}: {self.metrics_['validation']}"
-        with files.writing(local, str(directory / PLOT_FILES[kind])) as scratch:
-            _plot(kind, *self.evaluation_, self.card_["classes"], title, scratch)
+        write_model_dir(
+            model_dir,
+            self.estimator_,
+            self.card_,
+            self.metrics_,
+            PLOT_FILES[kind],
+            lambda path: _plot(kind, *self.evaluation_, self.card_["classes"], title, path),
+        )
 
     @classmethod
     def load(cls, model_dir: str | Path) -> ClipModel:
