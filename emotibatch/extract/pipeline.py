@@ -235,7 +235,7 @@ def run(plan: Plan, progress: Progress = SILENT, *, verbose: bool = False) -> Ru
         finished = plan.output.finished()
         idle = all(source.video_id in finished for source in plan.sources)
         with contextlib.nullcontext() if idle else connected(plan.config.address, verbose=verbose):
-            return execute(plan, progress)
+            return _execute(plan, progress, finished)
     finally:
         plan.release()
 
@@ -356,14 +356,14 @@ def execute(plan: Plan, progress: Progress = SILENT) -> RunResult:
     """Run a prepared job on the current Ray cluster (see module docstring), telling `progress` how it goes;
     return what it did. Releases the plan's lease when it ends, also on an error or an interrupt."""
     try:
-        return _execute(plan, progress)
+        return _execute(plan, progress, plan.output.finished())
     finally:
         plan.release()
 
 
-def _execute(plan: Plan, progress: Progress) -> RunResult:
+def _execute(plan: Plan, progress: Progress, finished: set[str]) -> RunResult:
+    """`execute` given the ids of the videos earlier runs finished (read once by the caller)."""
     config, output, sources, run_id = plan.config, plan.output, plan.sources, plan.run_id
-    finished = output.finished()
     todo = [s for s in sources if s.video_id not in finished]
     log.info(
         "%d inputs: %d finished by earlier runs, %d to do", len(sources), len(sources) - len(todo), len(todo)

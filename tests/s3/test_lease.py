@@ -68,7 +68,7 @@ def test_a_lease_without_heartbeat_for_the_timeout_is_taken_over(s3: s3fs.S3File
 
 
 def test_a_failed_run_releases_its_lease(s3: s3fs.S3FileSystem, out: Output, monkeypatch) -> None:
-    def fail(plan, progress):
+    def fail(plan, progress, finished):
         raise RuntimeError("the job failed")
 
     monkeypatch.setattr(pipeline, "_execute", fail)

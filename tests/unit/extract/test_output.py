@@ -232,12 +232,13 @@ def test_the_heartbeat_renews_and_release_leaves_anothers_lease(tmp_path: Path, 
 
 @pytest.mark.parametrize("error", [RuntimeError("the job failed"), KeyboardInterrupt()])
 def test_execute_releases_the_lease_on_an_error(tmp_path: Path, monkeypatch, error: BaseException) -> None:
-    def fail(plan, progress):
+    def fail(plan, progress, finished):
         raise error
 
     monkeypatch.setattr(pipeline, "_execute", fail)
-    lease = Lease(Output(str(tmp_path)), "run-1").acquire()
-    plan = pipeline.Plan(None, None, (), None, None, "run-1", datetime.now(timezone.utc), lease)
+    out = Output(str(tmp_path))
+    lease = Lease(out, "run-1").acquire()
+    plan = pipeline.Plan(None, out, (), None, None, "run-1", datetime.now(timezone.utc), lease)
     with pytest.raises(type(error)):
         pipeline.execute(plan)
     assert not (tmp_path / LEASE_FILE).exists()
