@@ -403,10 +403,15 @@ smooth_option = click.option(
 )
 # The ABAW tasks, named here so that `--help` imports no library (clips/abaw.py HEADERS; a test checks).
 ABAW_TASKS = ("abaw-au", "abaw-expr", "abaw-va")
+ABAW_MTL = "abaw-mtl"
 ABAW_LABELS = (
     "Aff-Wild2's annotation folder as it ships (EXPR_Set, VA_Set or AU_Set, then Train_Set or "
     "Validation_Set: <video>.txt, a header line, then line i for frame i-1), or the multi-task CSV "
     "(image,valence,arousal,expression,aus)"
+)
+ABAW_MTL_LABELS = (
+    "the multi-task CSV (image,valence,arousal,expression,aus) for --labels and --val: the three heads, "
+    "each in OUTPUT/<task>, scored by their sum"
 )
 
 
@@ -468,6 +473,7 @@ def _label_formats() -> str:
             for task, reader in sorted(READERS.items())
         )
         + "".join(f"\n  {task}: {ABAW_LABELS}" for task in ABAW_TASKS)
+        + f"\n  {ABAW_MTL}: {ABAW_MTL_LABELS}"
     )
 
 
@@ -485,7 +491,7 @@ def _label_formats() -> str:
 @click.option(
     "--task",
     required=True,
-    type=click.Choice(sorted(READERS) + list(ABAW_TASKS)),
+    type=click.Choice([*sorted(READERS), *ABAW_TASKS, ABAW_MTL]),
     help="The corpus whose labels and recipe to use (generic: a CSV of video_id,label; abaw-*: a frame-level "
     "head on the extract's faces).",
 )
@@ -532,7 +538,7 @@ def fit_command(
 ) -> None:
     """Fit the task's recipe model on labelled clip descriptors (ABAW tasks: a frame-level head on the
     extract's faces); evaluate; save it with skops to --output."""
-    if task in ABAW_TASKS:
+    if task in (*ABAW_TASKS, ABAW_MTL):
         _fit_abaw(extract, labels_path, task, output, val, val_extract, smooth, seed, storage_options)
         return
     if smooth is not None:
@@ -569,24 +575,28 @@ def _fit_abaw(extract, labels, task, output, val, val_extract, smooth, seed, sto
 
     if val is None:
         raise click.UsageError(f"{task} needs --val (the corpus's Validation_Set): scores are reported on it")
+    common = {"val": val, "val_extract": val_extract, "smooth": smooth, "seed": seed}
     with library_errors():
-        model = abaw_heads.fit(
-            extract,
-            labels,
-            task,
-            output,
-            val=val,
-            val_extract=val_extract,
-            smooth=smooth,
-            seed=seed,
-            storage_options=storage_options,
-        )
-    click.echo(f"train annotations: {model.card['train_join']}")
-    click.echo(f"val annotations: {model.card['val_join']}")
-    for name, views in model.metrics["scores"].items():
-        shown = ", ".join(f"{view.replace('_', ' ')} {scores['score']:.3f}" for view, scores in views.items())
-        click.echo(f"{name}: {shown}")
-    click.echo(f"head, card, metrics and plot in {output}")
+        if task == ABAW_MTL:
+            mtl = abaw_heads.fit_mtl(extract, labels, output, **common, storage_options=storage_options)
+            models = mtl.heads
+        else:
+            models = {
+                task: abaw_heads.fit(extract, labels, task, output, **common, storage_options=storage_options)
+            }
+    for name, model in models.items():
+        click.echo(f"{name} train annotations: {model.card['train_join']}")
+        click.echo(f"{name} val annotations: {model.card['val_join']}")
+        _echo_scores(name, model.metrics["scores"])
+    if task == ABAW_MTL:
+        _echo_scores(f"{ABAW_MTL} (sum)", mtl.metrics["scores"])
+    click.echo(f"heads, cards, metrics and plots in {output}")
+
+
+def _echo_scores(name: str, scores: dict) -> None:
+    for candidate, views in scores.items():
+        shown = ", ".join(f"{view.replace('_', ' ')} {part['score']:.3f}" for view, part in views.items())
+        click.echo(f"{name} {candidate.replace('_', ' ')}: {shown}")
 
 
 @cli.command("predict")
@@ -623,16 +633,35 @@ def predict_command(
     """
     from emotibatch.clips import abaw_heads, classify
 
-    if abaw_heads.is_abaw_model(classifier):
-        with library_errors():
-            result = abaw_heads.predict(
-                extract, classifier, output, sample=sample, smooth=smooth, storage_options=storage_options
-            )
-        click.echo(
-            f"{result.lines} lines of {result.videos} videos ({len(result.videos_without_faces)} without a "
-            f"face: the training prior) -> {len(result.files)} files in {output}"
+    task = abaw_heads.abaw_task(classifier)
+    if task == ABAW_MTL and sample is not None:
+        raise click.UsageError(
+            f"--sample takes one task's sample file: predict with {classifier}/<task> (one of the heads)"
         )
-        for video_id in result.failed[:REPORTED_FAILURES]:
+    if task is not None:
+        with library_errors():
+            if task == ABAW_MTL:
+                results = abaw_heads.predict_mtl(
+                    extract, classifier, output, smooth=smooth, storage_options=storage_options
+                )
+            else:
+                results = {
+                    task: abaw_heads.predict(
+                        extract,
+                        classifier,
+                        output,
+                        sample=sample,
+                        smooth=smooth,
+                        storage_options=storage_options,
+                    )
+                }
+        for name, result in results.items():
+            click.echo(
+                f"{name}: {result.lines} lines of {result.videos} videos ({len(result.videos_without_faces)} "
+                f"without a face: the training prior) -> {len(result.files)} files"
+            )
+        click.echo(f"challenge files in {output}")
+        for video_id in next(iter(results.values())).failed[:REPORTED_FAILURES]:
             click.echo(f"skipped failed video {video_id} (status failed in {redact_uri(extract)}/videos)")
         return
     if sample is not None or smooth is not None:

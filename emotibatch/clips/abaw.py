@@ -22,6 +22,10 @@ from sklearn.metrics import f1_score
 from emotibatch.inference.registry import CLASSES_8
 
 AbawTask = Literal["abaw-expr", "abaw-va", "abaw-au"]
+# The multi-task challenge: the three tasks fitted on the multi-task CSV, scored by the sum of their scores.
+MTL = "abaw-mtl"
+MTL_TASKS: tuple[AbawTask, ...] = ("abaw-expr", "abaw-va", "abaw-au")
+MTL_HEADER = ("image", "valence", "arousal", "expression")
 EXPR_CLASSES = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other")
 VA_NAMES = ("valence", "arousal")
 AU_NAMES = ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26")
@@ -112,7 +116,7 @@ def _read_image_rows(path: Path, task: str) -> Annotations:
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         header = _header(next(reader, []))
-        mtl = header[:4] == ("image", "valence", "arousal", "expression")
+        mtl = header[:4] == MTL_HEADER
         if not mtl and header != ("image_location", *_header(list(HEADERS[task]))):
             raise ValueError(
                 f"{path}: expected the MTL header image,valence,arousal,expression,aus or the {task} "
@@ -157,6 +161,25 @@ def read_annotations(path: str | Path, task: str) -> Annotations:
         hint = f" (it holds {', '.join(splits)}: give one of them)" if splits else ""
         raise ValueError(f"{path}: no <video>.txt annotation files{hint}")
     return Annotations(task, {p.stem: read_video_file(p, task) for p in texts}, str(path))
+
+
+def check_mtl_csv(path: str | Path) -> None:
+    """The multi-task task reads the multi-task CSV only: the per-task folders share no frames' labels."""
+    path = Path(path)
+    if path.is_dir():
+        found = "a folder"
+    elif not path.is_file():
+        found = "no such file"
+    else:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            header = _header(next(csv.reader(f), []))
+        if header[:4] == MTL_HEADER:
+            return
+        found = f"the header {','.join(header)}"
+    raise ValueError(
+        f"{path}: {MTL} reads the multi-task CSV (image,valence,arousal,expression,aus), got {found}; for "
+        "per-task annotation folders fit abaw-expr, abaw-va and abaw-au one by one"
+    )
 
 
 @dataclass(frozen=True)
@@ -276,6 +299,13 @@ def score(task: str, truth: np.ndarray, predicted: np.ndarray) -> dict[str, floa
         rows = ~np.isnan(truth[:, j])
         f1s[f"f1_{name}"] = float(f1_score(truth[rows, j], predicted[rows, j], zero_division=0))
     return {"score": float(np.mean(list(f1s.values()))), **f1s, "n": len(truth)}
+
+
+def mtl_score(scores: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """ABAW's multi-task measure from the three tasks' `score`s: expression F1 + mean VA CCC + mean AU F1,
+    each over its own valid labels."""
+    parts = {task: float(scores[task]["score"]) for task in MTL_TASKS}
+    return {"score": sum(parts.values()), **parts}
 
 
 def zero_shot(classes: tuple[str, ...] | list[str], probs: np.ndarray) -> np.ndarray:

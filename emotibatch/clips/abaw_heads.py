@@ -505,9 +505,11 @@ class AbawModel:
         return cls(skops.io.load(path, trusted=untrusted), card, metrics)
 
 
-def is_abaw_model(model_dir: str | Path) -> bool:
+def abaw_task(model_dir: str | Path) -> str | None:
+    """The ABAW task of a classifier folder (abaw-mtl: a folder of the three heads), None for others."""
     card = Path(model_dir) / CARD_FILE
-    return card.exists() and str(json.loads(card.read_text()).get("task", "")).startswith("abaw-")
+    task = str(json.loads(card.read_text()).get("task", "")) if card.exists() else ""
+    return task if task.startswith("abaw-") else None
 
 
 def fit(
@@ -572,6 +574,76 @@ def fit(
 
 
 @dataclass(frozen=True)
+class MtlModel:
+    """The three heads fitted on the multi-task CSV, and ABAW's multi-task score (their sum) per view."""
+
+    heads: dict[str, AbawModel]
+    card: dict[str, Any]
+    metrics: dict[str, Any]
+
+
+def fit_mtl(
+    extract: str,
+    labels: str,
+    out: str | Path,
+    *,
+    val: str,
+    val_extract: str | None = None,
+    smooth: int | None = None,
+    network: Network = Network(),
+    seed: int = 0,
+    storage_options: dict | None = None,
+) -> MtlModel:
+    """The multi-task challenge: each task's head fitted on the multi-task CSV `labels` and scored on `val`,
+    saved to OUT/<task>; the sum of the three scores per view in OUT/metrics.json (card and plot beside).
+    `smooth` applies to all three (default: each task's)."""
+    for path in (labels, val):
+        abaw.check_mtl_csv(path)
+    heads = {
+        task: fit(
+            extract,
+            labels,
+            task,
+            Path(out) / task,
+            val=val,
+            val_extract=val_extract,
+            smooth=smooth,
+            network=network,
+            seed=seed,
+            storage_options=storage_options,
+        )
+        for task in abaw.MTL_TASKS
+    }
+    scores = {
+        candidate: {
+            view: abaw.mtl_score(
+                {task: head.metrics["scores"][candidate][view] for task, head in heads.items()}
+            )
+            for view in ("all_frames", "face_frames")
+        }
+        for candidate in ("raw", "smoothed")
+    }
+    metrics = {
+        "task": abaw.MTL,
+        "validation": f"given split: {val}",
+        "smooth": {task: head.card["smooth"] for task, head in heads.items()},
+        "scores": scores,
+    }
+    card = {
+        "emotibatch": __version__,
+        "task": abaw.MTL,
+        "heads": list(abaw.MTL_TASKS),
+        "emotion_model": heads["abaw-expr"].card["emotion_model"],
+        "labels": str(labels),
+        "val_labels": str(val),
+        "score": {view: scores["smoothed"][view]["score"] for view in ("all_frames", "face_frames")},
+    }
+    title = f"{abaw.MTL} (sum of the three): {metrics['validation']}"
+    write_model_dir(out, None, card, metrics, PLOT_FILE, lambda path: _plot(scores, title, path))
+    return MtlModel(heads, card, metrics)
+
+
+@dataclass(frozen=True)
 class Prediction:
     videos: int
     lines: int
@@ -633,3 +705,20 @@ def predict(
         files.write_bytes(local, path, text.encode())
         written.append(path)
     return Prediction(len(decided), sum(lines.values()), tuple(empty), source.failed, tuple(written))
+
+
+def predict_mtl(
+    extract: str,
+    classifier: str | Path,
+    out: str | Path,
+    *,
+    smooth: int | None = None,
+    storage_options: dict | None = None,
+) -> dict[str, Prediction]:
+    """Each head of an abaw-mtl folder predicts into OUT/<task> (`predict`, without a sample file)."""
+    return {
+        task: predict(
+            extract, Path(classifier) / task, Path(out) / task, smooth=smooth, storage_options=storage_options
+        )
+        for task in abaw.MTL_TASKS
+    }

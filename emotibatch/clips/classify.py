@@ -186,18 +186,20 @@ def _plot(
 
 def write_model_dir(
     model_dir: str | Path,
-    estimator: Any,
+    estimator: Any | None,
     card: dict,
     metrics: dict,
     plot_file: str,
     plot: Callable[[Path], None],
 ) -> None:
-    """A classifier folder, each file whole (io/files.py): the estimator in skops format (never pickle),
-    the card and metrics as JSON, and `plot(path)` drawn to `plot_file`."""
+    """A classifier folder, each file whole (io/files.py): the estimator in skops format (never pickle;
+    None for a folder of other classifier folders, abaw-mtl's), the card and metrics as JSON, and
+    `plot(path)` drawn to `plot_file`."""
     directory = Path(model_dir)
     local = LocalFileSystem()
-    with files.writing(local, str(directory / MODEL_FILE)) as scratch:
-        skops.io.dump(estimator, scratch)
+    if estimator is not None:
+        with files.writing(local, str(directory / MODEL_FILE)) as scratch:
+            skops.io.dump(estimator, scratch)
     for name, data in ((CARD_FILE, card), (METRICS_FILE, metrics)):
         text = json.dumps(data, indent=1, sort_keys=True) + "\n"
         files.write_bytes(local, str(directory / name), text.encode())

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from emotibatch import progress
-from emotibatch.cli import ABAW_LABELS, ABAW_TASKS, MAX_LABELS, PROGRESS_INTERVAL_S, cli
+from emotibatch.cli import ABAW_LABELS, ABAW_MTL, ABAW_TASKS, MAX_LABELS, PROGRESS_INTERVAL_S, cli
 from emotibatch.clips import abaw, aggregate
 from emotibatch.clips.labels import READERS
 from emotibatch.reports import render
@@ -91,7 +91,7 @@ def test_fit_help_lists_every_label_format() -> None:
 def test_the_defaults_help_shows_without_importing_the_library_are_the_librarys() -> None:
     """--help names these defaults without importing their modules; they must not drift apart."""
     assert (PROGRESS_INTERVAL_S, MAX_LABELS) == (progress.PLAIN_INTERVAL_S, render.MAX_LABELS)
-    assert set(ABAW_TASKS) == set(abaw.HEADERS)
+    assert set(ABAW_TASKS) == set(abaw.HEADERS) and ABAW_MTL == abaw.MTL
 
 
 def test_small_work_runs_in_process_and_a_named_cluster_or_large_work_on_ray(

@@ -15,6 +15,7 @@ from emotibatch import schema
 from emotibatch.cli import cli
 from emotibatch.clips import abaw, abaw_heads
 from emotibatch.clips.abaw_heads import Rows
+from emotibatch.clips.classify import CARD_FILE
 from emotibatch.extract.output import Output
 from emotibatch.testing.abaw_samples import write_abaw_extract, write_expr_annotations
 
@@ -284,3 +285,76 @@ def test_va_head_uses_an_mtl_models_valence_and_arousal(tmp_path: Path) -> None:
     )
     assert model.card["with_va"] and model.card["input_width"] == 8 + 2
     assert model.metrics["scores"]["raw"]["face_frames"]["score"] > 0.9
+
+
+def write_mtl_csv(corpus: Path, split: str, path: Path) -> None:
+    """The multi-task CSV for a split's videos, every other line: valence / arousal and AU j follow each
+    line's class as in the single-task tests above; the -1 expression line keeps its other labels."""
+    valence, arousal = np.linspace(-0.8, 0.8, 8), np.linspace(0.6, -0.6, 8) ** 3
+    rows = ["image,valence,arousal,expression,aus"]
+    for file in sorted((corpus / "EXPR_Set" / split).glob("*.txt")):
+        if file.stem == "bad":
+            continue
+        classes = abaw.read_video_file(file, "abaw-expr")[:, 0]
+        for line in range(0, 80, 2):
+            c = int(np.nan_to_num(classes[line], nan=classes[line + 1]))
+            expression = -1 if np.isnan(classes[line]) else c
+            aus = ",".join(str(int(j % 8 == c)) for j in range(12))
+            rows.append(
+                f"{file.stem}/{line + 1:05d}.jpg,{valence[c]:.4f},{arousal[c]:.4f},{expression},{aus}"
+            )
+    path.write_text("\n".join(rows) + "\n")
+
+
+def test_mtl_fits_the_three_heads_and_scores_their_sum(corpus: Path, tmp_path: Path) -> None:
+    train, val = tmp_path / "train.csv", tmp_path / "val.csv"
+    write_mtl_csv(corpus, "Train_Set", train)
+    write_mtl_csv(corpus, "Validation_Set", val)
+    extract, mtl, out = str(corpus / "extract"), tmp_path / "mtl", tmp_path / "files"
+    fit = ["fit", "--task", "abaw-mtl", "--extract", extract, "--labels", str(train), "--val", str(val)]
+    result = CliRunner().invoke(cli, [*fit, "-o", str(mtl), "--smooth", "0"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((mtl / "metrics.json").read_text())
+    for candidate in ("raw", "smoothed"):
+        for view in ("all_frames", "face_frames"):
+            parts = {
+                task: json.loads((mtl / task / "metrics.json").read_text())["scores"][candidate][view][
+                    "score"
+                ]
+                for task in abaw.MTL_TASKS
+            }
+            summed = metrics["scores"][candidate][view]
+            assert summed["score"] == pytest.approx(sum(parts.values()), abs=1e-12)
+            assert {task: summed[task] for task in abaw.MTL_TASKS} == parts
+    assert "abaw-mtl (sum) raw: all frames" in result.output
+    assert json.loads((mtl / CARD_FILE).read_text())["task"] == "abaw-mtl"
+    assert (mtl / abaw_heads.PLOT_FILE).stat().st_size > 0
+    assert (
+        metrics["scores"]["raw"]["face_frames"]["score"] > 1.5
+    )  # of 3: the expression and VA signal is plain
+
+    predict = ["predict", "--extract", extract, "--classifier", str(mtl), "-o", str(out)]
+    result = CliRunner().invoke(cli, predict)
+    assert result.exit_code == 0, result.output
+    for task, columns in zip(abaw.MTL_TASKS, (1, 2, 12)):  # expression: the class index
+        assert abaw.read_annotations(out / task, task).videos["val0"].shape == (80, columns)
+    result = CliRunner().invoke(cli, [*predict, "--sample", str(val)])
+    assert result.exit_code == 2 and "/<task> (one of the heads)" in result.output
+
+
+def test_mtl_refuses_per_task_folders_with_the_fix(corpus: Path, tmp_path: Path) -> None:
+    with pytest.raises(
+        ValueError, match=r"Train_Set: abaw-mtl reads the multi-task CSV .* got a folder; .* one by one"
+    ):
+        abaw_heads.fit_mtl(
+            str(corpus / "extract"),
+            str(corpus / "EXPR_Set" / "Train_Set"),
+            tmp_path / "m",
+            val=str(corpus / "EXPR_Set" / "Validation_Set"),
+        )
+    assert not (tmp_path / "m").exists()
+
+
+def test_mtl_score_is_the_sum_of_the_three() -> None:
+    scores = {"abaw-expr": {"score": 0.4}, "abaw-va": {"score": 0.5}, "abaw-au": {"score": 0.25}}
+    assert abaw.mtl_score(scores) == {"score": 1.15, "abaw-expr": 0.4, "abaw-va": 0.5, "abaw-au": 0.25}
