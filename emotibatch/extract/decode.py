@@ -544,6 +544,19 @@ def _runs(info: VideoInfo, indices: list[int]) -> list[tuple[int | None, list[in
     return runs
 
 
+def frames_to_decode(source: VideoSource, info: VideoInfo, indices: Sequence[int]) -> int:
+    """How many frames `decode_segment` has the decoder put out for one segment's `indices`: one per
+    image, each keyframe alone in keyframe mode, otherwise each run from its keyframe to its last wanted
+    frame (`_runs`). Where decord decodes (keyframes unknown) it seeks as it sees fit: this counts its
+    worst case, from the first frame."""
+    indices = list(indices)
+    if not indices:
+        return 0
+    if source.kind != "video" or set(indices) <= set(info.keyframes):
+        return len(indices)
+    return sum(wanted[-1] - (start or 0) + 1 for start, wanted in _runs(info, indices))
+
+
 def _decode_run(
     container: av.container.InputContainer,
     stream: av.VideoStream,

@@ -35,6 +35,7 @@ from emotibatch.extract.decode import (
     Segment,
     VideoJob,
     decode_blocks,
+    frames_to_decode,
     plan_video,
     work_item,
 )
@@ -280,16 +281,18 @@ def _staged_frames(plan: Plan, work: list[dict], jobs: list[VideoJob]) -> ray.da
     )
 
 
-def _extract_and_commit(plan: Plan, jobs: list[VideoJob], progress: Progress) -> list[dict]:
-    """Steps 3 and 4: stream the pending segments through the chain, and start each video's per-video pass
-    as soon as its last pending frame is staged (at once when nothing is pending; at the end when a
+def _extract_and_commit(
+    plan: Plan, jobs: list[VideoJob], pending: dict[str, list[Segment]], progress: Progress
+) -> list[dict]:
+    """Steps 3 and 4: stream the `pending` segments through the chain, and start each video's per-video
+    pass as soon as its last pending frame is staged (at once when nothing is pending; at the end when a
     segment failed, and the pass says why). Returns the videos rows in the order of `jobs`."""
     finalize = ray.remote(num_cpus=FINALIZE_CPUS)(finalize_video)
     committing: dict[str, ray.ObjectRef] = {}
     running: list[ray.ObjectRef] = []  # passes started and not yet seen ending, for `progress`
     work, waiting = [], {}
     for job in jobs:
-        segments = pending_segments(job, plan.output)
+        segments = pending[job.source.video_id]
         work += [work_item(job, segment) for segment in segments]
         waiting[job.source.video_id] = (job, {i for segment in segments for i in segment.frame_indices})
     progress.planned(len(jobs), sum(len(left) for _, left in waiting.values()))
@@ -374,17 +377,24 @@ def _execute(plan: Plan, progress: Progress, finished: set[str]) -> RunResult:
     for key in output.staged_keys() & by_key.keys():
         output.drop_staged(by_key[key])
 
-    skipped = len(sources) - len(todo)
+    skipped, decoded = len(sources) - len(todo), 0
     try:
-        rows = _extract_and_commit(plan, probe_all(todo, config) if todo else [], progress)
+        jobs = probe_all(todo, config) if todo else []
+        pending = {job.source.video_id: pending_segments(job, output) for job in jobs}
+        decoded = sum(
+            frames_to_decode(job.source, job.info, segment.frame_indices)
+            for job in jobs
+            for segment in pending[job.source.video_id]
+        )
+        rows = _extract_and_commit(plan, jobs, pending, progress)
     except BaseException as exc:
         # The run still gets its row, saying what ended it; the exception goes on to the caller (exit 1).
         try:
-            _write_run(plan, skipped, _committed(plan), exc)
+            _write_run(plan, skipped, decoded, _committed(plan), exc)
         except Exception:
             log.exception("could not write the runs row of run %s", run_id)
         raise
-    return RunResult(run_id, config.output, rows, _write_run(plan, skipped, rows, None))
+    return RunResult(run_id, config.output, rows, _write_run(plan, skipped, decoded, rows, None))
 
 
 def _committed(plan: Plan) -> list[dict]:
@@ -393,8 +403,11 @@ def _committed(plan: Plan) -> list[dict]:
     return [] if videos is None else [r for r in videos.to_pylist() if r["run_id"] == plan.run_id]
 
 
-def _write_run(plan: Plan, skipped: int, rows: list[dict], failure: BaseException | None) -> dict:
-    """Write and return the run's row; `error` says what ended a run early (`failure`), else null."""
+def _write_run(
+    plan: Plan, skipped: int, decoded: int, rows: list[dict], failure: BaseException | None
+) -> dict:
+    """Write and return the run's row: `decoded` frames the decoder was to put out for this run's
+    segments (decode.frames_to_decode); `error` says what ended a run early (`failure`), else null."""
     config, output, run_id = plan.config, plan.output, plan.run_id
     ended = datetime.now(timezone.utc)
     wall = (ended - plan.started).total_seconds()
@@ -409,7 +422,7 @@ def _write_run(plan: Plan, skipped: int, rows: list[dict], failure: BaseExceptio
         "videos_ok": sum(r["status"] == "ok" for r in rows),
         "videos_failed": sum(r["status"] == "failed" for r in rows),
         "videos_skipped": skipped,
-        "frames_decoded": sum(r["frame_count"] - r["frames_lost"] for r in rows if r["status"] == "ok"),
+        "frames_decoded": decoded,
         "frames_sampled": sampled,
         "faces": faces,
         "tracks": sum(r["tracks"] for r in rows),

@@ -34,8 +34,10 @@ from pages import Page
 
 from emotibatch import nightly
 from emotibatch.cli import cli
-from emotibatch.config import ExtractConfig
+from emotibatch.config import ExtractConfig, Sampling
+from emotibatch.extract.decode import probe, sample_indices
 from emotibatch.extract.output import Output, video_key
+from emotibatch.io.sources import VideoSource
 
 pytestmark = [pytest.mark.usefixtures("ray_cluster"), pytest.mark.slow]
 MARKER = ".done"
@@ -314,3 +316,24 @@ def test_lectures_on_s3_aged_by_last_modified_known_by_etag(
     summaries = s3.find(f"{bucket}/out/date=2026-05-01/summaries")
     assert sorted(p.rsplit("/", 2)[1] for p in summaries) == ["lectures", "tracks"]
     assert not any(SECRET.encode() in s3.cat_file(p) for p in s3.find(f"{bucket}/out"))
+
+
+def test_nightly_keyframes_decodes_keyframes_at_most_fps_a_second(
+    tmp_path: Path, model_args: list[str]
+) -> None:
+    """`nightly --keyframes --fps 0.5`: rows only at keyframes, at most one each 2 s, the mode in videos/."""
+    prefix, out = tmp_path / "lectures", tmp_path / "out"
+    lecture = make_lecture(prefix / "c1" / "k.mp4")
+    info = probe(VideoSource(str(lecture), "c1/k.mp4"))
+    expected = sample_indices(info, Sampling("fps", 0.5, frames="keyframes")).tolist()
+    assert len(info.keyframes) == 4 and len(expected) == 2 and set(expected) < set(info.keyframes)
+    args = [str(prefix), "--output", str(out), "--settle-minutes", "0", "--date", "2026-04-02", *model_args]
+    result = CliRunner().invoke(
+        cli, ["nightly", *args, "--keyframes", "--fps", "0.5"], catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    night = out / "date=2026-04-02"
+    faces = _table(night / "faces")
+    assert sorted(set(faces["frame_index"].to_pylist())) == expected
+    (row,) = _table(night / "videos").to_pylist()
+    assert (row["sampling"], row["frames_sampled"], row["sampled_fps"]) == ("keyframes fps 0.5", 2, 2 / 4.0)

@@ -287,9 +287,10 @@ def test_only_real_frames_and_presentation_times_split_or_not(make_config, tmp_p
             sort_faces(read_table(config.output, "faces")),
             by_video(read_table(config.output, "videos")),
         )
-        assert read_table(config.output, "runs")["frames_decoded"].to_pylist() == [
-            N_FRAMES - 3 + kept + N_FRAMES
-        ]
+        # The decoder never goes past the frames that are there: N_FRAMES - 3 trimmed, `kept` of the cut.
+        (decoded,) = read_table(config.output, "runs")["frames_decoded"].to_pylist()
+        assert sum(v["frames_sampled"] for v in result.videos) <= decoded
+        assert seconds is not None or decoded <= N_FRAMES - 3 + kept + N_FRAMES
         assert [v["status"] for v in result.videos] == ["ok"] * 3
     (faces, videos), (split_faces, split_videos) = runs[None], runs[0.3]
     assert faces.num_rows == split_faces.num_rows > 0
@@ -365,6 +366,7 @@ def test_keyframes_give_rows_at_keyframes_only_split_or_not_and_resume(model_arg
             row = by_video(read_table(out, "videos"))["lecture"]
             assert (row["status"], row["sampling"], row["frames_sampled"]) == ("ok", label, len(frames))
             assert row["sampled_fps"] == len(frames) / 6.0
+            assert read_table(out, "runs")["frames_decoded"].to_pylist() == [len(frames)]  # each alone
             settings = json.loads(read_table(out, "runs")["settings"][0].as_py())
             bound = {"mode": "fps", "value": 0.5} if "--fps" in args else {"mode": "all", "value": None}
             assert settings["sampling"] == {**bound, "frames": "keyframes"}

@@ -22,7 +22,8 @@ from s3proxy import Fault, FaultProxy
 from emotibatch import schema
 from emotibatch.config import ExtractConfig
 from emotibatch.extract import pipeline
-from emotibatch.extract.decode import Sampling, VideoInfo, plan_segments
+from emotibatch.extract.decode import Sampling, VideoInfo, plan_segments, probe
+from emotibatch.io.sources import VideoSource
 from emotibatch.testing import samples, standins
 
 pytestmark = [pytest.mark.usefixtures("ray_session"), pytest.mark.slow]
@@ -167,3 +168,39 @@ def test_models_come_from_s3_and_no_credentials_reach_the_output(runs) -> None:
     assert (meta["model"], meta["detector"]) == (config.model, config.detector)
     settings = json.loads(_tables(s3, root, "runs")["settings"][0].as_py())
     assert settings["storage_options"]["secret"] == settings["storage_options"]["key"] == "<redacted>"
+
+
+def test_keyframe_mode_on_s3_decodes_each_segments_keyframes_and_resumes(
+    s3: s3fs.S3FileSystem, bucket: str, session_proxy: FaultProxy, tmp_path
+) -> None:
+    """Keyframe mode with the video, models and output on S3, in 1-s segments: rows exactly at the probe's
+    keyframes, the video fetched once for all segments, the mode in videos/; a rerun adds nothing."""
+    root = f"{bucket}/keyframes"
+    video = samples.make_video(
+        tmp_path / "lecture.mp4", width=320, height=180, fps=FPS, seconds=4.0, faces=[TRACK]
+    )
+    s3.put_file(str(video), f"{root}/in/lecture.mp4")
+    s3.put_file(str(standins.make_emotion_model(tmp_path / "emotion.onnx")), f"{root}/models/emotion.onnx")
+    s3.put_file(str(standins.make_scrfd_model(tmp_path / "scrfd.onnx")), f"{root}/models/scrfd.onnx")
+    keyframes = list(probe(VideoSource(str(video), "lecture")).keyframes)
+    assert len(keyframes) == 4  # one a second: each 1-s segment decodes its own
+    session_proxy.reset()
+    config = ExtractConfig(
+        inputs=(f"s3://{root}/in/lecture.mp4",),
+        output=f"s3://{root}/out",
+        model=f"s3://{root}/models/emotion.onnx",
+        detector=f"s3://{root}/models/scrfd.onnx",
+        sampling=Sampling(frames="keyframes"),
+        segment_seconds=1.0,
+        device="cpu",
+        storage_options={**options(session_proxy.endpoint), "key": KEY_ID, "secret": SECRET},
+    )
+    first = pipeline.extract(config)
+    assert session_proxy.get_bytes[f"/{root}/in/lecture.mp4"] == video.stat().st_size
+    second = pipeline.extract(config)
+    session_proxy.reset()
+    assert [v["status"] for v in first.videos] == ["ok"] and second.run["videos_skipped"] == 1
+    faces = _tables(s3, f"{root}/out", "faces")
+    assert sorted(faces["frame_index"].to_pylist()) == keyframes  # one face a keyframe, nothing twice
+    (row,) = _tables(s3, f"{root}/out", "videos").to_pylist()
+    assert (row["sampling"], row["frames_sampled"], row["sampled_fps"]) == ("keyframes", 4, 1.0)

@@ -631,6 +631,17 @@ def test_pyav_seeks_only_where_the_next_keyframe_is_past_the_last_target() -> No
     assert decode._runs(info_of(25.0, 400), [60, 390]) == [(None, [60, 390])]
 
 
+def test_frames_to_decode_counts_each_run_from_its_keyframe() -> None:
+    """What the runs row's frames_decoded adds up: the seek runs above, keyframes alone, images one each."""
+    info = info_of(25.0, 400, keyframes=(0, 50, 100, 150, 200), keyframe_pts=range(5))
+    video = VideoSource("v.mp4", "v")
+    assert decode.frames_to_decode(video, info, [10, 40, 60, 149, 160, 390]) == 41 + 11 + 61 + 191
+    assert decode.frames_to_decode(video, info, [0, 50, 150]) == 3  # keyframe mode
+    assert decode.frames_to_decode(video, dataclasses.replace(info, seekable=False), [60, 390]) == 391
+    assert decode.frames_to_decode(VideoSource("d", "d", kind="frames"), info, [3, 7]) == 2
+    assert decode.frames_to_decode(video, info, []) == 0
+
+
 def test_keyframe_settings_are_checked_and_recorded_unredacted() -> None:
     """A frame folder has no keyframes; the settings say which mode ran, not hidden as a "key"."""
     from emotibatch.config import ExtractConfig
