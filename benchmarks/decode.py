@@ -227,7 +227,7 @@ def main() -> None:
         "settings": vars(args),
         **results,
     }
-    Path(args.out).write_text(json.dumps(report, indent=1))
+    Path(args.out).write_text(json.dumps(report, indent=1, default=str))
     print(f"wrote {args.out}")
 
 
