@@ -3,7 +3,7 @@
 Generates (in a child process, so its memory is not counted) an extract output of --videos videos of
 --frames frames, the subject's face on three frames in four, float16 features of --dim dimensions, and
 EXPR_Set-style annotations (--val-share of the videos for validation). The default is Aff-Wild2's size:
-560 x 5,000 = 2.8 M annotation lines of 1280-d features (enet_b0), about 7 GB of Parquet. Then, in
+560 x 5,000 = 2.8 M annotation lines of 1280-d features (enet_b0), about 5 GB of Parquet. Then, in
 this process, `abaw_heads.fit` (read, train, score every view) and `abaw_heads.predict` (a file per
 video), each timed. Peak memory is this process's max RSS; the bound it should stay near is the
 training features held once as float16 (rows x dim x 2 bytes) plus the interpreter and libraries
