@@ -14,10 +14,12 @@ on the default path (`decode.default_backend()`) over the case's, on the same re
 End to end (`--extract`): `emotibatch extract` on a local Ray with `--cpus` CPUs, stand-in models at
 det_10g's and EfficientNet-B0's cost (benchmarks/models.py), exact 1 fps against `--keyframes`, wall
 seconds after an untimed warm-up run (Ray's workers start once); the ratio is exact 1 fps's wall over
-keyframe mode's. `--recordings DIR` keeps the long recordings and reuses them.
+keyframe mode's, per `--gops`. `--cpus-per-worker` and `--decode-cpus` go to extract (how its CPUs are
+shared between the face actors and decoding); `--recordings DIR` keeps the long recordings and reuses them.
 
 Usage: python benchmarks/decode.py [--seconds S] [--sizes 720p,1080p] [--gops 2,10] [--extract]
-       [--extract-seconds S] [--cpus N] [--recordings DIR] [--out results.json]
+       [--extract-seconds S] [--cpus N] [--cpus-per-worker C] [--decode-cpus C] [--recordings DIR]
+       [--out results.json]
 """
 
 from __future__ import annotations
@@ -135,7 +137,14 @@ def lecture(folder: Path, seconds: float, gop: float) -> Path:
     return path
 
 
-def end_to_end(seconds: float, cpus: int, root: Path, recordings: Path) -> list[dict[str, Any]]:
+def end_to_end(
+    seconds: float,
+    gops: list[float],
+    cpus: int,
+    resources: dict[str, float],
+    root: Path,
+    recordings: Path,
+) -> list[dict[str, Any]]:
     from emotibatch.cluster import start_local_ray
     from emotibatch.extract import pipeline
     from models import make_models
@@ -152,6 +161,7 @@ def end_to_end(seconds: float, cpus: int, root: Path, recordings: Path) -> list[
             detector=str(models["scrfd_cost"]),
             sampling=RULES[rule],
             device="cpu",
+            **resources,
         )
         plan = pipeline.prepare(config)
         start = time.perf_counter()
@@ -160,7 +170,7 @@ def end_to_end(seconds: float, cpus: int, root: Path, recordings: Path) -> list[
 
     # Untimed: Ray's worker processes start and import the libraries once, in whichever run comes first.
     extract(lecture(root, 10.0, 2.0), "exact 1 fps", "warm-up")
-    for gop in (2.0, 10.0):
+    for gop in gops:
         video = lecture(recordings, seconds, gop)
         walls = {}
         for rule in ("exact 1 fps", "keyframes"):
@@ -172,6 +182,7 @@ def end_to_end(seconds: float, cpus: int, root: Path, recordings: Path) -> list[
                 "frames_sampled": run["frames_sampled"],
                 "frames_decoded": run["frames_decoded"],
                 "cpus": cpus,
+                **resources,
             }
             results.append(row)
             print(json.dumps(row), flush=True)
@@ -189,6 +200,8 @@ def main() -> None:
     parser.add_argument("--extract", action="store_true", help="Also run extract end to end.")
     parser.add_argument("--extract-seconds", type=float, default=1200.0)
     parser.add_argument("--cpus", type=int, default=2)
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="Passed to extract.")
+    parser.add_argument("--decode-cpus", type=float, default=1.0, help="Passed to extract.")
     parser.add_argument(
         "--recordings",
         type=Path,
@@ -218,7 +231,11 @@ def main() -> None:
         if args.extract:
             recordings = args.recordings or root
             recordings.mkdir(parents=True, exist_ok=True)
-            results["extract"] = end_to_end(args.extract_seconds, args.cpus, root, recordings)
+            resources = {"cpus_per_worker": args.cpus_per_worker, "decode_cpus": args.decode_cpus}
+            gops = [float(g) for g in args.gops.split(",")]
+            results["extract"] = end_to_end(
+                args.extract_seconds, gops, args.cpus, resources, root, recordings
+            )
     report = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
