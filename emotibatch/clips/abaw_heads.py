@@ -498,6 +498,10 @@ class AbawModel:
     def load(cls, model_dir: str | Path) -> AbawModel:
         directory = Path(model_dir)
         path = directory / MODEL_FILE
+        if abaw_task(directory) == abaw.MTL:
+            raise ValueError(
+                f"{model_dir} holds the three {abaw.MTL} heads: give {model_dir}/<task>, one of them"
+            )
         if not (directory / CARD_FILE).exists() or not path.exists():
             raise ValueError(f"{model_dir}: not a model directory (no {CARD_FILE} and {MODEL_FILE})")
         untrusted = skops.io.get_untrusted_types(file=path)

@@ -340,6 +340,8 @@ def test_mtl_fits_the_three_heads_and_scores_their_sum(corpus: Path, tmp_path: P
         assert abaw.read_annotations(out / task, task).videos["val0"].shape == (80, columns)
     result = CliRunner().invoke(cli, [*predict, "--sample", str(val)])
     assert result.exit_code == 2 and "/<task> (one of the heads)" in result.output
+    with pytest.raises(ValueError, match=r"holds the three abaw-mtl heads: give .*/<task>"):
+        abaw_heads.AbawModel.load(mtl)
 
 
 def test_mtl_refuses_per_task_folders_with_the_fix(corpus: Path, tmp_path: Path) -> None:
