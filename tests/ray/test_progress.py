@@ -58,9 +58,10 @@ def _cli(args: list, **kwargs) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def long_video(tmp_path_factory) -> Path:
-    """Long enough (300 frames, ~10 blocks) that Ctrl-C comes while frames are being staged."""
+    """Long enough (1,000 frames, ~60 blocks: a second or more of staging with the stand-in models) that
+    progress lines every 0.1 s show it midway."""
     d = tmp_path_factory.mktemp("long")
-    return samples.make_video(d / "long.mp4", width=320, height=180, fps=25.0, seconds=12.0)
+    return samples.make_video(d / "long.mp4", width=320, height=180, fps=25.0, seconds=40.0)
 
 
 def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(ray_cluster, long_video, videos, model_args, tmp_path):
@@ -68,12 +69,14 @@ def test_ctrl_c_stops_cleanly_and_a_rerun_resumes(ray_cluster, long_video, video
     lease gone, Ray's noise absent; the rerun completes with the rows of a run never interrupted."""
     inputs = [long_video, videos["known"]]
     out = tmp_path / "out"
-    cli = _cli([*inputs, "-o", out, *model_args, "--progress-interval", 0.5])
+    cli = _cli([*inputs, "-o", out, *model_args, "--progress-interval", 0.1])
     try:
         for line in cli.stderr:
             counts = _counts(line)
-            if counts and counts[0][2] > 0:  # frames staged: the run is midway
+            if counts and counts[0][3] > 0 and counts[0][2] < counts[0][3]:  # planned, not all staged
                 break
+        else:
+            pytest.fail("no progress line showed the run midway")
         cli.send_signal(signal.SIGINT)
         _, rest = cli.communicate(timeout=120)
     finally:
