@@ -25,7 +25,14 @@ LINE = re.compile(r"progress: videos (\d+)/(\d+) committed, frames (\d+)/(\d+) s
 # Ray's own output with --verbose: Ray Data's execution plan and its progress in blocks. (Ray's token-auth
 # warning is off by default too, but it depends on RAY_AUTH_MODE, which the tests' own Ray sets.)
 NOISE = ("Execution plan of Dataset", "Total Progress")
-CLI = [sys.executable, "-c", "from emotibatch.cli import cli; cli()", "extract"]
+# A shell's background job ignores SIGINT and its children inherit that (CI may start the suite so): the
+# CLI gets Python's Ctrl-C handler back, as it has in a terminal.
+CLI = [
+    sys.executable,
+    "-c",
+    "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); from emotibatch.cli import cli; cli()",
+    "extract",
+]
 
 
 def _counts(text: str) -> list[tuple[int, ...]]:

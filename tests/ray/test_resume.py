@@ -73,7 +73,8 @@ def _kill_when_staged(args: list[str], output: Path, log: Path) -> tuple[list[st
         deadline = time.monotonic() + START_TIMEOUT_S
         staged: list[str] = []
         while proc.poll() is None and time.monotonic() < deadline and not staged:
-            staged = sorted(str(p.relative_to(output)) for p in output.glob("_staging/*/*.parquet"))
+            pieces = output.glob("_staging/*/*.parquet")  # not the hidden scratch files of a write under way
+            staged = sorted(str(p.relative_to(output)) for p in pieces if not p.name.startswith("."))
             time.sleep(0.02)
         running = proc.poll() is None
         alive = _marked(tmpdir, proc.pid)  # the driver, GCS, raylet, workers: what must all go
