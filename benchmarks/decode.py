@@ -229,13 +229,11 @@ def main() -> None:
             )
         results = {"decode": decode_stage(recordings)}
         if args.extract:
-            recordings = args.recordings or root
-            recordings.mkdir(parents=True, exist_ok=True)
+            kept = args.recordings or root
+            kept.mkdir(parents=True, exist_ok=True)
             resources = {"cpus_per_worker": args.cpus_per_worker, "decode_cpus": args.decode_cpus}
             gops = [float(g) for g in args.gops.split(",")]
-            results["extract"] = end_to_end(
-                args.extract_seconds, gops, args.cpus, resources, root, recordings
-            )
+            results["extract"] = end_to_end(args.extract_seconds, gops, args.cpus, resources, root, kept)
     report = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": machine(),
