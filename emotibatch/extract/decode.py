@@ -776,8 +776,9 @@ def _plan_video(
         return VideoJob(source, None, unreadable(source, exc), sampling=sampling)
     if sampling.frames == "keyframes" and not info.keyframes:
         error = (
-            f"{source.source_uri} has no keyframe times (its packets carry no presentation times, as in"
-            f" AVI), so --keyframes cannot pick frames; sample it with --fps, or {reencode_hint(source.source_uri)}"
+            f"{source.source_uri} shows no keyframe (an edit list hides its only ones, or its packets carry"
+            f" no presentation times, as in AVI), so --keyframes cannot pick frames; sample it with --fps, or"
+            f" {reencode_hint(source.source_uri)}"
         )
         return VideoJob(source, info, error, sampling=sampling)
     indices = sample_indices(info, sampling)

